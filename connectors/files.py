@@ -1,0 +1,60 @@
+"""JSON Lines file sink: one line per record, appended, flushed after every batch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from typing_extensions import override
+
+from connectors.errors import SinkError
+
+__all__ = ["JsonLinesSink"]
+
+
+class _JsonLinesPartition(StatelessSinkPartition[dict[str, Any]]):
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path = path
+        self.fsync = fsync
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f: TextIO = path.open("a", encoding="utf-8")
+        except OSError as e:
+            msg = f"cannot open {path} for appending: {e.strerror or e}"
+            raise SinkError(msg) from e
+
+    @override
+    def write_batch(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        self._f.write(
+            "".join(json.dumps(i, separators=(",", ":"), default=str) + "\n" for i in items)
+        )
+        self._f.flush()
+        if self.fsync:
+            os.fsync(self._f.fileno())
+
+    @override
+    def close(self) -> None:
+        self._f.close()
+
+
+class JsonLinesSink(DynamicSink[dict[str, Any]]):
+    """Append records as JSON lines to ``path``.
+
+    With several workers each writes ``<stem>.w<index><suffix>`` so lines never interleave.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+
+    @override
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonLinesPartition:
+        path = self.path
+        if worker_count > 1:
+            path = path.with_name(f"{path.stem}.w{worker_index}{path.suffix}")
+        return _JsonLinesPartition(path, self.fsync)

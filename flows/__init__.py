@@ -1,0 +1,3 @@
+"""Dataflow builders and site configs."""
+
+__all__: list[str] = []

@@ -1,0 +1,35 @@
+# shellcheck shell=bash
+# Shared settings for the infra/local scripts. Every port binds to 127.0.0.1 only.
+# Override any of these in the environment; tests read the EDGEFLOW_* endpoints.
+set -euo pipefail
+
+INFRA_HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STATE_DIR="${EDGEFLOW_INFRA_DIR:-/var/tmp/edgeflow-infra}"
+KAFKA_LIBS="${STATE_DIR}/kafka/libs"
+
+KAFKA_PORT="${EDGEFLOW_KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${EDGEFLOW_KAFKA_CONTROLLER_PORT:-19093}"
+PG_PORT="${EDGEFLOW_PG_PORT:-15432}"
+MQTT_PORT="${EDGEFLOW_MQTT_PORT:-11883}"
+INFLUX_PORT="${EDGEFLOW_INFLUX_PORT:-18086}"
+INFLUX_RPC_PORT="${EDGEFLOW_INFLUX_RPC_PORT:-18088}"
+
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+
+log() { printf '[infra] %s\n' "$*" >&2; }
+
+# port_open PORT -> 0 when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port NAME PORT TIMEOUT_S
+wait_port() {
+  local name=$1 port=$2 timeout_s=$3 i
+  for ((i = 0; i < timeout_s * 4; i++)); do
+    if port_open "$port"; then log "$name is up on 127.0.0.1:$port"; return 0; fi
+    sleep 0.25
+  done
+  log "$name did not open 127.0.0.1:$port within ${timeout_s}s"
+  return 1
+}
+
+pidfile_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }

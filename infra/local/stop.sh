@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Stops the services started by start.sh (all by default, or the ones named).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+stop_pidfile() {
+  local name=$1 pidfile=$2 i
+  if pidfile_alive "$pidfile"; then
+    kill "$(cat "$pidfile")"
+    for ((i = 0; i < 120; i++)); do pidfile_alive "$pidfile" || break; sleep 0.25; done
+    pidfile_alive "$pidfile" && kill -9 "$(cat "$pidfile")"
+    log "$name stopped"
+  else
+    log "$name not running"
+  fi
+  rm -f "$pidfile"
+}
+
+services=("$@")
+((${#services[@]})) || services=(kafka influx mqtt postgres)
+for s in "${services[@]}"; do
+  case "$s" in
+    postgres)
+      if [[ -f "$STATE_DIR/postgres/data/postmaster.pid" ]]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$STATE_DIR/postgres/data" -m fast -w stop >/dev/null && log "postgres stopped"
+      else
+        log "postgres not running"
+      fi ;;
+    mqtt | mosquitto) stop_pidfile mosquitto "$STATE_DIR/mosquitto/mosquitto.pid" ;;
+    influx | influxdb) stop_pidfile influxdb "$STATE_DIR/influxdb/influxd.pid" ;;
+    kafka) stop_pidfile kafka "$STATE_DIR/kafka/kafka.pid" ;;
+    *) log "unknown service: $s"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,3 @@
+"""Stream operators: pure, unit-testable logic plus thin Bytewax wrappers."""
+
+__all__: list[str] = []

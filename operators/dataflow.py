@@ -1,0 +1,175 @@
+"""Thin Bytewax wrappers around the pure operator logic.
+
+Each wrapper is an ``@operator`` taking ``step_id`` first and a keyed stream of
+:class:`PointBatch` (key = shard, normally the site) and returns a frozen ``Out`` dataclass
+of streams. All state lives in the pure classes, which are snapshotted for recovery.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulLogic
+from typing_extensions import override
+
+from operators.events import Event
+from operators.record import DeadLetter, PointBatch, now_ms
+from operators.validate import ValidationRules, Validator
+from operators.window import TumblingAggregator, WindowAggregates, window_label
+
+__all__ = ["AggregateOut", "ValidateOut", "aggregate", "late_dead_letters", "validate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidateOut:
+    """Accepted batches (still keyed), rejected points, and stale-tag events."""
+
+    oks: KeyedStream[PointBatch]
+    errs: Stream[DeadLetter]
+    events: Stream[Event]
+
+
+def _validate_mapper(rules: ValidationRules, step_id: str) -> Any:
+    def mapper(
+        state: Validator | None, batch: PointBatch
+    ) -> tuple[Validator, Iterable[tuple[str, Any]]]:
+        v = state if state is not None else Validator(rules, stage=step_id)
+        res = v.process(batch)
+        out: list[tuple[str, Any]] = []
+        if len(res.ok):
+            out.append(("ok", res.ok))
+        out.extend(("err", d) for d in res.rejected)
+        out.extend(
+            (
+                "event",
+                Event(
+                    kind="stale",
+                    rule=f"{step_id}.stale",
+                    path=ref.path,
+                    ts_ms=ts,
+                    severity="warning",
+                    state="raised",
+                    message=f"value unchanged for {rules.stale_after_ms} ms",
+                ),
+            )
+            for ref, ts in res.newly_stale
+        )
+        return v, out
+
+    return mapper
+
+
+@operator
+def validate(step_id: str, up: KeyedStream[PointBatch], rules: ValidationRules) -> ValidateOut:
+    """Validate batches; rejected points leave as dead letters with the reason."""
+    tagged = op.stateful_flat_map("check", up, _validate_mapper(rules, step_id))
+    oks = op.filter_map("oks", tagged, lambda kv: (kv[0], kv[1][1]) if kv[1][0] == "ok" else None)
+    errs = op.filter_map("errs", tagged, lambda kv: kv[1][1] if kv[1][0] == "err" else None)
+    events = op.filter_map("events", tagged, lambda kv: kv[1][1] if kv[1][0] == "event" else None)
+    return ValidateOut(oks, errs, events)
+
+
+@dataclass(frozen=True)
+class AggregateOut:
+    """Closed windows (all sizes) and points that arrived after their window closed."""
+
+    aggregates: Stream[WindowAggregates]
+    late: Stream[PointBatch]
+
+
+class _AggLogic(StatefulLogic[PointBatch, tuple[str, Any], TumblingAggregator]):
+    def __init__(self, agg: TumblingAggregator, step_id: str) -> None:
+        self.agg = agg
+        self.step_id = step_id
+
+    def _emit(
+        self, windows: list[WindowAggregates], late: PointBatch | None = None
+    ) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = [("agg", w) for w in windows]
+        if late is not None and len(late):
+            out.append(("late", late))
+        return out
+
+    @override
+    def on_item(self, value: PointBatch) -> tuple[Iterable[tuple[str, Any]], bool]:
+        windows, late = self.agg.add(value, now_ms())
+        return self._emit(windows, late), StatefulLogic.RETAIN
+
+    @override
+    def on_notify(self) -> tuple[Iterable[tuple[str, Any]], bool]:
+        return self._emit(self.agg.advance(now_ms())), StatefulLogic.RETAIN
+
+    @override
+    def on_eof(self) -> tuple[Iterable[tuple[str, Any]], bool]:
+        return self._emit(self.agg.flush()), StatefulLogic.RETAIN
+
+    @override
+    def notify_at(self) -> datetime | None:
+        wall = self.agg.next_close_wall_ms()
+        if wall is None:
+            return None
+        return datetime.fromtimestamp(max(wall, now_ms() + 50) / 1000, tz=UTC)
+
+    @override
+    def snapshot(self) -> TumblingAggregator:
+        return copy.deepcopy(self.agg)
+
+
+@operator
+def aggregate(
+    step_id: str,
+    up: KeyedStream[PointBatch],
+    *,
+    window_ms: int = 60_000,
+    rollup_ms: tuple[int, ...] = (900_000,),
+    allowed_lateness_ms: int = 0,
+    idle_close: bool = True,
+) -> AggregateOut:
+    """Event-time tumbling-window aggregates per tag; see :mod:`operators.window`."""
+    # Fail at build time, not on the first item, when parameters are wrong.
+    TumblingAggregator(
+        window_ms=window_ms,
+        rollup_ms=rollup_ms,
+        allowed_lateness_ms=allowed_lateness_ms,
+        idle_close=idle_close,
+    )
+
+    def builder(resume: TumblingAggregator | None) -> _AggLogic:
+        agg = resume or TumblingAggregator(
+            window_ms=window_ms,
+            rollup_ms=rollup_ms,
+            allowed_lateness_ms=allowed_lateness_ms,
+            idle_close=idle_close,
+        )
+        return _AggLogic(agg, step_id)
+
+    tagged = op.stateful("windows", up, builder)
+    aggs = op.filter_map("aggs", tagged, lambda kv: kv[1][1] if kv[1][0] == "agg" else None)
+    late = op.filter_map("late", tagged, lambda kv: kv[1][1] if kv[1][0] == "late" else None)
+    return AggregateOut(aggs, late)
+
+
+def late_dead_letters(batch: PointBatch, *, stage: str, window_ms: int) -> list[DeadLetter]:
+    """Turn late points into dead letters that say which closed window they missed."""
+    label = window_label(window_ms)
+    out = []
+    for p in batch.to_points():
+        start = p.ts_ms - p.ts_ms % window_ms
+        out.append(
+            DeadLetter(
+                stage,
+                f"late: {label} window starting {start} already closed",
+                p.to_dict(),
+                source=p.source,
+            )
+        )
+    return out

@@ -1,0 +1,428 @@
+"""Columnar event-time tumbling-window aggregation (1 minute base windows, 15 minute rollups).
+
+Points are buffered as arrays per base window and summarised once, when the window closes:
+sort by (tag, time), then segment reductions. Rollup windows (e.g. 15 min) are combined from
+the base-window summaries exactly (Chan's formula for the variance, boundary trapezoids for
+the integral), so the 15 min figures equal a direct computation over all points.
+
+Definitions, per tag and window ``[start, start + window_ms)``, over the points sorted by time
+(ties keep arrival order):
+
+- ``count, min, max, sum, mean``; ``std`` is the population standard deviation;
+- ``first``/``last`` are the values of the earliest/latest point;
+- ``integral`` is the trapezoidal integral of value over time between the first and the last
+  point (value x milliseconds); ``twa`` (time-weighted mean) is ``integral / (last_ts -
+  first_ts)``, or ``mean`` when the window holds one instant;
+- ``energy`` is reported for power units only: ``integral`` in unit-hours (kW -> kWh).
+
+Windows closed by the watermark carry ``closed_by="watermark"``; windows closed because the
+input ended (bounded replay, Ctrl-C) carry ``closed_by="eof"``: they hold every point that
+arrived, but a restarted live flow may re-emit them with more points under the same key.
+
+Lateness: the watermark is ``max event time seen - allowed_lateness`` and, when
+``idle_close`` is on, also advances with wall time since that event, so windows of idle tags
+close. A point whose window already closed is *late*: it is returned to the caller (who puts
+it on the late stream) and counted, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from operators.errors import RuleError
+from operators.record import ISA95_LEVELS, PointBatch, TagRef, ms_to_iso
+
+__all__ = [
+    "POWER_UNITS",
+    "Summary",
+    "TumblingAggregator",
+    "WindowAggregates",
+    "combine",
+    "summarize",
+    "window_label",
+]
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+# Power units whose time integral is energy: unit -> energy unit.
+POWER_UNITS: dict[str, str] = {"W": "Wh", "kW": "kWh", "MW": "MWh", "VA": "VAh", "kVA": "kVAh"}
+_MS_PER_HOUR = 3_600_000.0
+
+
+def window_label(window_ms: int) -> str:
+    """Return a short label such as ``1m``, ``15m``, ``1h`` or ``30s``."""
+    for unit_ms, suffix in ((3_600_000, "h"), (60_000, "m"), (1000, "s")):
+        if window_ms % unit_ms == 0:
+            return f"{window_ms // unit_ms}{suffix}"
+    return f"{window_ms}ms"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Summary:
+    """Per-tag partial aggregates of one window (one row per tag id, sorted by id)."""
+
+    gid: npt.NDArray[np.int32]
+    count: I64
+    sum: F64
+    min: F64
+    max: F64
+    m2: F64
+    first_ts: I64
+    first: F64
+    last_ts: I64
+    last: F64
+    integral: F64
+
+    def __len__(self) -> int:
+        return len(self.gid)
+
+
+def _segments(keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Return start and end indices of runs of equal values in sorted ``keys``."""
+    n = len(keys)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if n else np.empty(0, np.intp)
+    ends = np.r_[starts[1:], n].astype(np.intp)
+    return starts, ends
+
+
+def summarize(gid: npt.NDArray[np.int32], ts: I64, value: F64) -> Summary:
+    """Summarise raw points of one window per tag; input order only matters for ties."""
+    order = np.lexsort((ts, gid))
+    g, t, x = gid[order], ts[order], value[order]
+    starts, ends = _segments(g)
+    if not len(starts):
+        e_i, e_f = np.empty(0, np.int64), np.empty(0, np.float64)
+        return Summary(np.empty(0, np.int32), e_i, e_f, e_f, e_f, e_f, e_i, e_f, e_i, e_f, e_f)
+    count = (ends - starts).astype(np.int64)
+    total = np.add.reduceat(x, starts)
+    mean = total / count
+    dev = x - np.repeat(mean, count)
+    m2 = np.add.reduceat(dev * dev, starts)
+    seg = (x[1:] + x[:-1]) * 0.5 * np.diff(t).astype(np.float64)
+    seg = np.where(g[1:] == g[:-1], seg, 0.0)
+    integral = np.add.reduceat(np.r_[seg, 0.0], starts)
+    return Summary(
+        gid=g[starts],
+        count=count,
+        sum=total,
+        min=np.minimum.reduceat(x, starts),
+        max=np.maximum.reduceat(x, starts),
+        m2=m2,
+        first_ts=t[starts],
+        first=x[starts],
+        last_ts=t[ends - 1],
+        last=x[ends - 1],
+        integral=integral,
+    )
+
+
+def combine(parts: list[Summary]) -> Summary:
+    """Combine summaries of consecutive windows into the summary of their union.
+
+    ``parts`` must be in time order; the result equals :func:`summarize` over all points.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    seq = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(parts)])
+    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in Summary.__slots__}
+    order = np.lexsort((seq, cat["gid"]))
+    c = {f: v[order] for f, v in cat.items()}
+    g = c["gid"]
+    starts, ends = _segments(g)
+    count = np.add.reduceat(c["count"], starts)
+    total = np.add.reduceat(c["sum"], starts)
+    mean = total / count
+    part_mean = c["sum"] / c["count"]
+    spread = c["count"] * (part_mean - np.repeat(mean, ends - starts)) ** 2
+    m2 = np.add.reduceat(c["m2"] + spread, starts)
+    gap = (c["last"][:-1] + c["first"][1:]) * 0.5 * (c["first_ts"][1:] - c["last_ts"][:-1])
+    gap = np.where(g[1:] == g[:-1], gap, 0.0)
+    integral = np.add.reduceat(c["integral"] + np.r_[gap, 0.0], starts)
+    return Summary(
+        gid=g[starts],
+        count=count,
+        sum=total,
+        min=np.minimum.reduceat(c["min"], starts),
+        max=np.maximum.reduceat(c["max"], starts),
+        m2=m2,
+        first_ts=c["first_ts"][starts],
+        first=c["first"][starts],
+        last_ts=c["last_ts"][ends - 1],
+        last=c["last"][ends - 1],
+        integral=integral,
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WindowAggregates:
+    """Closed-window results in columnar form: one row per tag of one window.
+
+    The natural key of a row is ``(path, window_ms, start_ms)``; a re-emitted window carries
+    the same key, so sinks upsert on it.
+    """
+
+    window_ms: int
+    start_ms: int
+    tags: tuple[TagRef, ...]
+    count: I64
+    min: F64
+    max: F64
+    mean: F64
+    std: F64
+    sum: F64
+    first: F64
+    last: F64
+    first_ts: I64
+    last_ts: I64
+    twa: F64
+    integral: F64
+    closed_by: str = "watermark"
+
+    @classmethod
+    def from_summary(
+        cls,
+        summary: Summary,
+        *,
+        window_ms: int,
+        start_ms: int,
+        tags: list[TagRef],
+        closed_by: str = "watermark",
+    ) -> WindowAggregates:
+        """Finalise a summary into aggregates (mean, std, time-weighted mean)."""
+        s = summary
+        mean = s.sum / s.count
+        span = (s.last_ts - s.first_ts).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            twa = np.where(span > 0, s.integral / np.where(span > 0, span, 1.0), mean)
+        return cls(
+            window_ms=window_ms,
+            start_ms=start_ms,
+            tags=tuple(tags[i] for i in s.gid.tolist()),
+            count=s.count,
+            min=s.min,
+            max=s.max,
+            mean=mean,
+            std=np.sqrt(np.maximum(s.m2 / s.count, 0.0)),
+            sum=s.sum,
+            first=s.first,
+            last=s.last,
+            first_ts=s.first_ts,
+            last_ts=s.last_ts,
+            twa=twa,
+            integral=s.integral,
+            closed_by=closed_by,
+        )
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    @property
+    def label(self) -> str:
+        """Return the window label, e.g. ``1m``."""
+        return window_label(self.window_ms)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return one JSON-friendly dict per tag (edge form for sinks)."""
+        label = self.label
+        start_iso = ms_to_iso(self.start_ms)
+        end_ms = self.start_ms + self.window_ms
+        cols = {
+            name: getattr(self, name).tolist()
+            for name in ("count", "min", "max", "mean", "std", "sum", "first", "last", "twa")
+        }
+        integral = self.integral.tolist()
+        out = []
+        for i, ref in enumerate(self.tags):
+            parts = ref.path.split("/")
+            energy_unit = POWER_UNITS.get(ref.unit)
+            row: dict[str, Any] = {
+                "window": label,
+                "window_ms": self.window_ms,
+                "start": start_iso,
+                "start_ms": self.start_ms,
+                "end_ms": end_ms,
+                "path": ref.path,
+                **dict(zip(ISA95_LEVELS, parts[:5], strict=True)),
+                "tag": parts[5] if len(parts) > 5 else ref.path,
+                "unit": ref.unit,
+            }
+            for name, col in cols.items():
+                row[name] = col[i]
+            row["energy"] = integral[i] / _MS_PER_HOUR if energy_unit else None
+            row["energy_unit"] = energy_unit
+            row["closed_by"] = self.closed_by
+            out.append(row)
+        return out
+
+
+@dataclass(slots=True)
+class _Open:
+    """Raw point buffers of one open base window."""
+
+    gid: list[npt.NDArray[np.int32]] = field(default_factory=list)
+    ts: list[I64] = field(default_factory=list)
+    value: list[F64] = field(default_factory=list)
+
+
+class TumblingAggregator:
+    """Event-time tumbling windows over point batches for one shard (site) of the stream.
+
+    Call :meth:`add` with each batch, :meth:`advance` when wall time passes, :meth:`flush` at
+    end of input. All three return the windows that closed, oldest first.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_ms: int = 60_000,
+        rollup_ms: tuple[int, ...] = (900_000,),
+        allowed_lateness_ms: int = 0,
+        idle_close: bool = True,
+    ) -> None:
+        if window_ms <= 0:
+            msg = f"window_ms must be positive, got {window_ms}"
+            raise RuleError(msg)
+        for r in rollup_ms:
+            if r <= window_ms or r % window_ms:
+                msg = f"rollup window {r} ms must be a multiple of the base window {window_ms} ms"
+                raise RuleError(msg)
+        if allowed_lateness_ms < 0:
+            msg = f"allowed_lateness_ms must be >= 0, got {allowed_lateness_ms}"
+            raise RuleError(msg)
+        self.window_ms = window_ms
+        self.rollup_ms = tuple(sorted(set(rollup_ms)))
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.idle_close = idle_close
+        self._tags: list[TagRef] = []
+        self._gid_of: dict[TagRef, int] = {}
+        self._open: dict[int, _Open] = {}
+        self._rollups: dict[tuple[int, int], list[Summary]] = {}
+        self._closed_through: int | None = None
+        self._max_event_ms: int | None = None
+        self._wall_at_max_ms = 0
+        self.points_in = 0
+        self.points_late = 0
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def closed_through_ms(self) -> int | None:
+        """End of the newest closed base window; points before it are late."""
+        return self._closed_through
+
+    def watermark_ms(self, now_wall_ms: int) -> int | None:
+        """Return the current watermark, or None before the first point."""
+        if self._max_event_ms is None:
+            return None
+        idle = max(0, now_wall_ms - self._wall_at_max_ms) if self.idle_close else 0
+        return self._max_event_ms + idle - self.allowed_lateness_ms
+
+    def next_close_wall_ms(self) -> int | None:
+        """Wall time at which the oldest open window closes if no newer event arrives."""
+        if not self._open or not self.idle_close or self._max_event_ms is None:
+            return None
+        end = min(self._open) + self.window_ms
+        lag = end + self.allowed_lateness_ms - self._max_event_ms
+        return self._wall_at_max_ms + max(lag, 0)
+
+    def _gids(self, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int32]:
+        lut = np.empty(len(tags), np.int32)
+        for i, ref in enumerate(tags):
+            gid = self._gid_of.get(ref)
+            if gid is None:
+                gid = self._gid_of[ref] = len(self._tags)
+                self._tags.append(ref)
+            lut[i] = gid
+        return lut
+
+    # -- input ---------------------------------------------------------------------------
+    def add(self, batch: PointBatch, now_wall_ms: int) -> tuple[list[WindowAggregates], PointBatch]:
+        """Buffer a batch; return ``(closed windows, late points)``."""
+        if not len(batch):
+            return self.advance(now_wall_ms), batch
+        ts = batch.ts_ms
+        late_mask = (
+            ts < self._closed_through
+            if self._closed_through is not None
+            else np.zeros(len(ts), np.bool_)
+        )
+        late = batch.select(late_mask) if late_mask.any() else PointBatch.empty()
+        on_time = batch.select(~late_mask) if len(late) else batch
+        self.points_in += len(batch)
+        self.points_late += len(late)
+        if len(on_time):
+            gid = self._gids(on_time.tags)[on_time.tag_idx]
+            start = (on_time.ts_ms // self.window_ms) * self.window_ms
+            keys, inverse = np.unique(start, return_inverse=True)
+            for k, key in enumerate(keys.tolist()):
+                sel = inverse == k if len(keys) > 1 else slice(None)
+                buf = self._open.setdefault(key, _Open())
+                buf.gid.append(gid[sel])
+                buf.ts.append(on_time.ts_ms[sel])
+                buf.value.append(on_time.value[sel])
+            newest = int(on_time.ts_ms.max())
+            if self._max_event_ms is None or newest > self._max_event_ms:
+                self._max_event_ms = newest
+                self._wall_at_max_ms = now_wall_ms
+        return self.advance(now_wall_ms), late
+
+    def advance(self, now_wall_ms: int) -> list[WindowAggregates]:
+        """Close every window the watermark has passed."""
+        wm = self.watermark_ms(now_wall_ms)
+        if wm is None:
+            return []
+        through = (wm // self.window_ms) * self.window_ms
+        if self._closed_through is not None and through <= self._closed_through:
+            return []
+        return self._close_through(through)
+
+    def flush(self) -> list[WindowAggregates]:
+        """Close all windows (end of input)."""
+        if not self._open and not self._rollups:
+            return []
+        ends = [s + self.window_ms for s in self._open]
+        ends += [s + r for (r, s) in self._rollups]
+        return self._close_through(max(ends), closed_by="eof")
+
+    def _close_through(self, through: int, closed_by: str = "watermark") -> list[WindowAggregates]:
+        out: list[WindowAggregates] = []
+        for start in sorted(s for s in self._open if s + self.window_ms <= through):
+            buf = self._open.pop(start)
+            summary = summarize(
+                np.concatenate(buf.gid), np.concatenate(buf.ts), np.concatenate(buf.value)
+            )
+            out.append(
+                WindowAggregates.from_summary(
+                    summary,
+                    window_ms=self.window_ms,
+                    start_ms=start,
+                    tags=self._tags,
+                    closed_by=closed_by,
+                )
+            )
+            for r in self.rollup_ms:
+                self._rollups.setdefault((r, start - start % r), []).append(summary)
+        self._closed_through = (
+            through if self._closed_through is None else max(through, self._closed_through)
+        )
+        for r, start in sorted(self._rollups, key=lambda k: (k[1] + k[0], k[0])):
+            if start + r <= self._closed_through:
+                parts = self._rollups.pop((r, start))
+                out.append(
+                    WindowAggregates.from_summary(
+                        combine(parts),
+                        window_ms=r,
+                        start_ms=start,
+                        tags=self._tags,
+                        closed_by=closed_by,
+                    )
+                )
+        return out
+
+    def open_windows(self) -> list[int]:
+        """Return the start times of open base windows (for status output)."""
+        return sorted(self._open)

@@ -1,0 +1,3 @@
+"""Realistic energy-site simulators."""
+
+__all__: list[str] = []

@@ -1,0 +1,71 @@
+"""An independent, deliberately naive computation of window aggregates (plain Python).
+
+Used by tests as the oracle for the columnar aggregator: no numpy, no shared code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+
+POWER = {"W", "kW", "MW", "VA", "kVA"}
+
+
+def reference_aggregates(
+    points: Iterable[tuple[str, str, int, float]], window_ms: int
+) -> dict[tuple[str, int], dict[str, float]]:
+    """``points`` are (path, unit, ts_ms, value) in arrival order -> {(path, start): stats}."""
+    groups: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
+    units: dict[str, str] = {}
+    for seq, (path, unit, ts, value) in enumerate(points):
+        groups[(path, ts - ts % window_ms)].append((ts, seq, value))
+        units[path] = unit
+    out = {}
+    for key, rows in groups.items():
+        rows.sort()
+        vals = [v for _, _, v in rows]
+        n = len(vals)
+        mean = math.fsum(vals) / n
+        integral = 0.0
+        for (t0, _, v0), (t1, _, v1) in itertools.pairwise(rows):
+            integral += (v0 + v1) / 2 * (t1 - t0)
+        span = rows[-1][0] - rows[0][0]
+        out[key] = {
+            "count": n,
+            "min": min(vals),
+            "max": max(vals),
+            "sum": math.fsum(vals),
+            "mean": mean,
+            "std": math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / n),
+            "first": vals[0],
+            "last": vals[-1],
+            "twa": integral / span if span > 0 else mean,
+            "energy": integral / 3_600_000 if units[key[0]] in POWER else None,
+        }
+    return out
+
+
+def assert_rows_match(rows: list[dict], ref: dict, *, rel: float = 1e-9) -> None:
+    """Every reference window has exactly one row with the same figures, and vice versa."""
+    got = {(r["path"], r["start_ms"]): r for r in rows}
+    assert len(got) == len(rows), "duplicate window rows"
+    assert set(got) == set(ref), (
+        f"windows differ: missing {sorted(set(ref) - set(got))[:3]}, "
+        f"extra {sorted(set(got) - set(ref))[:3]}"
+    )
+    for key, want in ref.items():
+        row = got[key]
+        for stat, value in want.items():
+            if value is None:
+                assert row[stat] is None, (key, stat)
+            elif stat == "count":
+                assert row[stat] == value, (key, stat)
+            else:
+                assert math.isclose(row[stat], value, rel_tol=rel, abs_tol=1e-9), (
+                    key,
+                    stat,
+                    row[stat],
+                    value,
+                )

@@ -1,0 +1,175 @@
+import numpy as np
+import pytest
+
+from operators.errors import RuleError
+from operators.record import PointBatch, Quality, TagRef
+from operators.validate import (
+    RangeRule,
+    UnitConversion,
+    ValidationRules,
+    Validator,
+    tag_matches,
+)
+
+P = TagRef("acme/s/pv/a1/inv-01/ac_power", "kW")
+S = TagRef("acme/s/storage/bess/bess-01/soc", "%")
+
+
+def batch(rows, received_ms=100_000):
+    """rows: (tag, ts, value[, quality])."""
+    tags = tuple(dict.fromkeys(r[0] for r in rows))
+    return PointBatch(
+        tags,
+        [tags.index(r[0]) for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [int(r[3]) if len(r) > 3 else 0 for r in rows],
+        received_ms=received_ms,
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ref", "ok"),
+    [
+        ("ac_power", P, True),
+        ("*power", P, True),
+        ("soc", P, False),
+        ("acme/*/pv/*", P, True),
+        ("acme/*/storage/*", P, False),
+    ],
+)
+def test_tag_matches(pattern, ref, ok):
+    assert tag_matches(pattern, ref) is ok
+
+
+# Table: rules, points -> reasons of rejected points (in order), accepted values.
+CASES = [
+    pytest.param(ValidationRules(), [(P, 1000, 5.0)], [], [5.0], id="clean"),
+    pytest.param(
+        ValidationRules(),
+        [(P, 1000, 5.0, Quality.BAD), (P, 2000, 6.0, Quality.UNCERTAIN)],
+        ["quality"],
+        [6.0],
+        id="bad-quality",
+    ),
+    pytest.param(
+        ValidationRules(accept_quality=frozenset({Quality.GOOD})),
+        [(P, 1000, 6.0, Quality.UNCERTAIN)],
+        ["quality"],
+        [],
+        id="good-only",
+    ),
+    pytest.param(
+        ValidationRules(),
+        [(P, 1000, float("nan")), (P, 2000, float("inf"))],
+        ["non-finite", "non-finite"],
+        [],
+        id="non-finite",
+    ),
+    pytest.param(
+        ValidationRules(max_future_ms=5000),
+        [(P, 106_000, 1.0), (P, 104_000, 2.0)],
+        ["clock-skew"],
+        [2.0],
+        id="future",
+    ),
+    pytest.param(
+        ValidationRules(max_past_ms=60_000),
+        [(P, 39_000, 1.0), (P, 41_000, 2.0)],
+        ["too-old"],
+        [2.0],
+        id="past",
+    ),
+    pytest.param(
+        ValidationRules(ranges=(RangeRule("soc", 0, 100),)),
+        [(S, 1000, -1.0), (S, 2000, 50.0), (S, 3000, 100.5), (P, 1000, -5.0)],
+        ["out-of-range", "out-of-range"],
+        [50.0, -5.0],
+        id="range",
+    ),
+    pytest.param(
+        ValidationRules(ranges=(RangeRule("soc", 0, None),)),
+        [(S, 1000, 1e9)],
+        [],
+        [1e9],
+        id="open-range",
+    ),
+    pytest.param(
+        ValidationRules(),
+        [(P, 1000, 1.0), (P, 1000, 1.0), (P, 2000, 2.0)],
+        ["duplicate"],
+        [1.0, 2.0],
+        id="duplicate-in-batch",
+    ),
+    pytest.param(
+        ValidationRules(dedupe=False),
+        [(P, 1000, 1.0), (P, 1000, 1.0)],
+        [],
+        [1.0, 1.0],
+        id="dedupe-off",
+    ),
+    pytest.param(
+        ValidationRules(),
+        [(P, 1000, float("nan")), (P, 1000, 3.0)],
+        ["non-finite"],
+        [3.0],
+        id="rejected-is-not-a-duplicate-source",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rules", "rows", "reasons", "values"), CASES)
+def test_validation_table(rules, rows, reasons, values):
+    res = Validator(rules).process(batch(rows))
+    assert [d.reason.split(":")[0] for d in res.rejected] == reasons
+    assert res.ok.value.tolist() == values
+    for d in res.rejected:
+        assert d.stage == "validate" and d.payload["path"] in (P.path, S.path)
+
+
+def test_duplicate_across_batches():
+    v = Validator(ValidationRules())
+    v.process(batch([(P, 1000, 1.0), (P, 2000, 2.0)]))
+    res = v.process(batch([(P, 2000, 2.0), (P, 3000, 3.0)]))
+    assert [d.reason.split(":")[0] for d in res.rejected] == ["duplicate"]
+    assert res.ok.ts_ms.tolist() == [3000]
+
+
+def test_unit_conversion_rewrites_value_and_unit():
+    rules = ValidationRules(conversions=(UnitConversion("kW", "MW", 1e-3),))
+    res = Validator(rules).process(batch([(P, 1000, 1500.0), (S, 1000, 50.0)]))
+    assert res.ok.value.tolist() == [1.5, 50.0]
+    assert [t.unit for t in res.ok.tags] == ["MW", "%"]
+
+
+def test_zero_factor_conversion_is_refused():
+    with pytest.raises(RuleError):
+        Validator(ValidationRules(conversions=(UnitConversion("kW", "MW", 0.0),)))
+
+
+def test_stale_values_marked_uncertain_and_reported_once():
+    v = Validator(ValidationRules(stale_after_ms=3000, stale_tags="*power"))
+    r1 = v.process(
+        batch([(P, 0, 5.0), (P, 1000, 5.0), (P, 2000, 5.0), (S, 0, 1.0), (S, 5000, 1.0)])
+    )
+    assert r1.ok.quality.tolist() == [0, 0, 0, 0, 0] and r1.newly_stale == []
+    r2 = v.process(batch([(P, 3000, 5.0), (P, 4000, 5.0)]))
+    assert r2.ok.quality.tolist() == [1, 1]
+    assert [(t.path, ts) for t, ts in r2.newly_stale] == [(P.path, 4000)]
+    r3 = v.process(batch([(P, 5000, 5.0)]))
+    assert r3.ok.quality.tolist() == [1] and r3.newly_stale == []
+    r4 = v.process(batch([(P, 6000, 6.0), (P, 7000, 6.0)]))
+    assert r4.ok.quality.tolist() == [0, 0]
+
+
+def test_counts_by_reason():
+    v = Validator(ValidationRules())
+    v.process(batch([(P, 1000, float("nan")), (P, 2000, 1.0, Quality.BAD)]))
+    assert v.counts == {"non-finite": 1, "quality": 1}
+
+
+def test_accepted_order_is_preserved():
+    rows = [(P, t, float(t)) for t in (5000, 1000, 3000)]
+    res = Validator(ValidationRules()).process(batch(rows))
+    assert res.ok.ts_ms.tolist() == [5000, 1000, 3000]
+    assert np.array_equal(res.ok.value, [5000.0, 1000.0, 3000.0])

@@ -1,0 +1,176 @@
+import numpy as np
+import pytest
+
+from operators.errors import RuleError
+from operators.record import PointBatch, TagRef
+from operators.window import TumblingAggregator, combine, summarize, window_label
+from tests.reference import assert_rows_match, reference_aggregates
+
+P = TagRef("e/s/a/l/m/power", "kW")
+T = TagRef("e/s/a/l/m/temp", "C")
+
+
+def batch(rows, received_ms=0):
+    """rows: (tag, ts_ms, value)."""
+    tags = tuple(dict.fromkeys(r[0] for r in rows))
+    return PointBatch(
+        tags,
+        [tags.index(r[0]) for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [0] * len(rows),
+        received_ms=received_ms,
+    )
+
+
+def rows_of(windows, window_ms):
+    return [r for w in windows if w.window_ms == window_ms for r in w.rows()]
+
+
+@pytest.mark.parametrize(
+    ("ms", "label"),
+    [(60_000, "1m"), (900_000, "15m"), (3_600_000, "1h"), (30_000, "30s"), (1500, "1500ms")],
+)
+def test_window_label(ms, label):
+    assert window_label(ms) == label
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"window_ms": 0}, "positive"),
+        ({"rollup_ms": (90_000,)}, "multiple"),
+        ({"rollup_ms": (60_000,)}, "multiple"),
+        ({"allowed_lateness_ms": -1}, ">= 0"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(RuleError, match=match):
+        TumblingAggregator(**kwargs)
+
+
+# Table: points (tag, ts, value) -> expected 1m stats of the power tag in window 0.
+CASES = [
+    pytest.param(
+        [(P, 0, 10.0)], {"count": 1, "mean": 10.0, "twa": 10.0, "energy": 0.0}, id="single"
+    ),
+    pytest.param(
+        [(P, 0, 0.0), (P, 30_000, 60.0)],
+        {"count": 2, "mean": 30.0, "twa": 30.0, "energy": 0.25, "first": 0.0, "last": 60.0},
+        id="trapezoid",
+    ),
+    pytest.param(
+        [(P, 30_000, 60.0), (P, 0, 0.0)],
+        {"first": 0.0, "last": 60.0, "energy": 0.25},
+        id="out-of-order",
+    ),
+    pytest.param(
+        [(P, 0, 10.0), (P, 10_000, 10.0), (P, 50_000, 40.0)],
+        {"min": 10.0, "max": 40.0, "sum": 60.0, "mean": 20.0, "twa": (10 * 10 + 25 * 40) / 50},
+        id="time-weighted",
+    ),
+    pytest.param([(P, 0, 1.0), (P, 0, 3.0)], {"std": 1.0, "twa": 2.0}, id="same-instant"),
+]
+
+
+@pytest.mark.parametrize(("points", "expected"), CASES)
+def test_one_minute_stats(points, expected):
+    agg = TumblingAggregator(rollup_ms=())
+    agg.add(batch(points), 0)
+    (row,) = rows_of(agg.flush(), 60_000)
+    for stat, value in expected.items():
+        assert row[stat] == pytest.approx(value), stat
+
+
+def test_non_power_units_have_no_energy():
+    agg = TumblingAggregator(rollup_ms=())
+    agg.add(batch([(T, 0, 20.0), (T, 1000, 21.0)]), 0)
+    (row,) = rows_of(agg.flush(), 60_000)
+    assert row["energy"] is None and row["unit"] == "C"
+
+
+def random_stream(seed, n=5000, tags=(P, T), span_ms=3_600_000, shuffle_ms=20_000):
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.integers(0, span_ms, n))
+    jitter = rng.integers(0, shuffle_ms, n)  # arrival order differs from event order
+    order = np.argsort(ts + jitter, kind="stable")
+    tag = rng.integers(0, len(tags), n)
+    value = rng.normal(50, 20, n).round(3)
+    return [(tags[tag[i]], int(ts[i]), float(value[i])) for i in order]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_equals_reference_on_disordered_stream(seed):
+    pts = random_stream(seed)
+    agg = TumblingAggregator(allowed_lateness_ms=30_000, idle_close=False)
+    out, lates = [], []
+    for i in range(0, len(pts), 97):
+        w, late = agg.add(batch(pts[i : i + 97]), 0)
+        out += w
+        lates.append(late)
+    out += agg.flush()
+    assert sum(len(x) for x in lates) == 0  # lateness covers the jitter
+    flat = [(r[0].path, r[0].unit, r[1], r[2]) for r in pts]
+    assert_rows_match(rows_of(out, 60_000), reference_aggregates(flat, 60_000))
+    assert_rows_match(rows_of(out, 900_000), reference_aggregates(flat, 900_000))
+
+
+def test_late_points_are_returned_not_aggregated():
+    agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=1000, idle_close=False)
+    agg.add(batch([(P, 0, 1.0), (P, 59_000, 2.0)]), 0)
+    closed, late = agg.add(batch([(P, 61_500, 3.0)]), 0)  # watermark 60_500 closes window 0
+    assert [w.start_ms for w in closed] == [0]
+    closed, late = agg.add(batch([(P, 30_000, 99.0), (P, 62_000, 4.0)]), 0)
+    assert late.ts_ms.tolist() == [30_000] and late.value.tolist() == [99.0]
+    assert agg.points_late == 1 and agg.points_in == 5
+    (row,) = rows_of(agg.flush(), 60_000)
+    assert row["count"] == 2 and row["closed_by"] == "eof"
+
+
+def test_idle_windows_close_by_wall_time():
+    agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5000, idle_close=True)
+    assert agg.add(batch([(P, 10_000, 1.0)]), now_wall_ms=1_000_000)[0] == []
+    assert agg.next_close_wall_ms() == 1_000_000 + 55_000
+    assert agg.advance(1_000_000 + 54_999) == []
+    (w,) = agg.advance(1_000_000 + 55_000)
+    assert w.start_ms == 0 and w.closed_by == "watermark"
+
+
+def test_without_idle_close_wall_time_does_nothing():
+    agg = TumblingAggregator(rollup_ms=(), idle_close=False)
+    agg.add(batch([(P, 10_000, 1.0)]), 0)
+    assert agg.advance(10**12) == [] and agg.next_close_wall_ms() is None
+
+
+def test_rollup_emitted_after_its_last_base_window():
+    agg = TumblingAggregator(window_ms=60_000, rollup_ms=(180_000,), idle_close=False)
+    closed = []
+    for minute in range(7):
+        closed += agg.add(batch([(P, minute * 60_000 + 1, float(minute))]), 0)[0]
+    labels = [(w.label, w.start_ms) for w in closed]
+    assert labels == [
+        ("1m", 0),
+        ("1m", 60_000),
+        ("1m", 120_000),
+        ("3m", 0),
+        ("1m", 180_000),
+        ("1m", 240_000),
+        ("1m", 300_000),
+        ("3m", 180_000),
+    ]
+    three = next(w for w in closed if w.label == "3m" and w.start_ms == 0)
+    assert three.count.tolist() == [3] and three.mean.tolist() == [1.0]
+
+
+def test_combine_equals_direct_summary():
+    rng = np.random.default_rng(7)
+    g = rng.integers(0, 4, 600).astype(np.int32)
+    t = rng.integers(0, 600_000, 600)
+    v = rng.normal(size=600)
+    whole = summarize(g, t, v)
+    parts = [
+        summarize(g[t // 60_000 == k], t[t // 60_000 == k], v[t // 60_000 == k]) for k in range(10)
+    ]
+    both = combine(parts)
+    for f in whole.__slots__:
+        np.testing.assert_allclose(getattr(both, f), getattr(whole, f), rtol=1e-12, atol=1e-9)
