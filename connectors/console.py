@@ -9,6 +9,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
 from operators.events import Event
+from operators.kpi import Kpi
 from operators.record import DeadLetter, ms_to_iso
 from operators.window import POWER_UNITS, WindowAggregates
 
@@ -41,6 +42,8 @@ def format_item(stream: str, item: Any, *, max_rows: int = 6) -> list[str]:
         return [
             f"[{item.kind}{state}] {ms_to_iso(item.ts_ms)} {item.rule} {item.path}: {item.message}"
         ]
+    if isinstance(item, Kpi):
+        return [f"[kpi] {ms_to_iso(item.start_ms)} {item.path} {item.name}={item.value:.4g}"]
     if isinstance(item, DeadLetter):
         return [f"[{stream}] {item.stage}: {item.reason}"]
     return [f"[{stream}] {item!r}"]

@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from connectors.lifecycle import stop_requested
 from operators.record import PointBatch, now_ms
+from simulators.disorder import Disorder
 from simulators.site import EnergySite, Fault, SiteLayout
 
 __all__ = ["SimulatorSource"]
@@ -20,11 +21,19 @@ log = logging.getLogger(__name__)
 _STATUS_EVERY_MS = 10_000
 
 
-class _SimPartition(StatefulSourcePartition[PointBatch, EnergySite]):
-    def __init__(self, src: SimulatorSource, resume: EnergySite | None) -> None:
+@dataclass
+class _SimState:
+    site: EnergySite
+    disorder: Disorder | None
+
+
+class _SimPartition(StatefulSourcePartition[PointBatch, _SimState]):
+    def __init__(self, src: SimulatorSource, resume: _SimState | None) -> None:
         self.src = src
+        self.disorder: Disorder | None = None
         if resume is not None:
-            self.site = resume
+            self.site = resume.site
+            self.disorder = resume.disorder
         else:
             start = src.start_ms
             if start is None:
@@ -37,6 +46,12 @@ class _SimPartition(StatefulSourcePartition[PointBatch, EnergySite]):
                 faults=src.faults,
                 source=src.name,
             )
+            if src.disorder_fraction > 0:
+                self.disorder = Disorder(
+                    fraction=src.disorder_fraction,
+                    max_delay_ms=src.disorder_max_delay_ms,
+                    seed=src.seed + 1,
+                )
         self.wall0_ms = now_ms()
         self.sim0_ms = self.site.now_ms
         self.end_ms = (
@@ -65,11 +80,14 @@ class _SimPartition(StatefulSourcePartition[PointBatch, EnergySite]):
 
     @override
     def next_batch(self) -> list[PointBatch]:
-        if self.end_ms is not None and self.site.now_ms >= self.end_ms:
-            log.info("%s: reached the end after %d points", self.src.name, self.points)
-            raise StopIteration
-        if stop_requested():
-            log.info("%s: stopped after %d points", self.src.name, self.points)
+        ended = self.end_ms is not None and self.site.now_ms >= self.end_ms
+        if ended or stop_requested():
+            if self.disorder is not None and self.disorder.held:
+                rest = self.disorder.drain()
+                self.points += len(rest)
+                return [rest]
+            verb = "reached the end" if ended else "stopped"
+            log.info("%s: %s after %d points", self.src.name, verb, self.points)
             raise StopIteration
         wall = now_ms()
         ticks = self._due_ticks(wall)
@@ -87,6 +105,8 @@ class _SimPartition(StatefulSourcePartition[PointBatch, EnergySite]):
         if ticks <= 0:
             return []
         batch = self.site.step(ticks)
+        if self.disorder is not None:
+            batch = self.disorder.apply(batch, self.site.now_ms)
         self.points += len(batch)
         return [batch]
 
@@ -99,13 +119,13 @@ class _SimPartition(StatefulSourcePartition[PointBatch, EnergySite]):
         return datetime.fromtimestamp(due_wall / 1000, tz=UTC)
 
     @override
-    def snapshot(self) -> EnergySite:
+    def snapshot(self) -> _SimState:
         # The simulator state is small; a copy of it is the exact resume position.
-        return copy.deepcopy(self.site)
+        return copy.deepcopy(_SimState(self.site, self.disorder))
 
 
 @dataclass(frozen=True)
-class SimulatorSource(FixedPartitionedSource[PointBatch, EnergySite]):
+class SimulatorSource(FixedPartitionedSource[PointBatch, _SimState]):
     """Emits the simulated site's samples as point batches.
 
     ``speed`` is simulated seconds per wall second (0 = as fast as possible); with
@@ -121,6 +141,8 @@ class SimulatorSource(FixedPartitionedSource[PointBatch, EnergySite]):
     ticks_per_batch: int = 1
     seed: int = 42
     faults: tuple[Fault, ...] = ()
+    disorder_fraction: float = 0.0
+    disorder_max_delay_ms: int = 30_000
 
     @override
     def list_parts(self) -> list[str]:
@@ -128,6 +150,6 @@ class SimulatorSource(FixedPartitionedSource[PointBatch, EnergySite]):
 
     @override
     def build_part(
-        self, step_id: str, for_part: str, resume_state: EnergySite | None
+        self, step_id: str, for_part: str, resume_state: _SimState | None
     ) -> _SimPartition:
         return _SimPartition(self, resume_state)

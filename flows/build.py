@@ -24,7 +24,11 @@ from connectors.files import JsonLinesSink
 from connectors.simulator import SimulatorSource
 from flows.config import (
     AggregateOp,
+    AlarmOp,
+    AnomalyOp,
     CustomOp,
+    InferenceOp,
+    KpiOp,
     SimulatorInput,
     SiteConfig,
     StreamName,
@@ -37,8 +41,19 @@ from flows.config import (
     FileSink as FileSinkConfig,
 )
 from flows.errors import ConfigError
-from operators.dataflow import aggregate, late_dead_letters, validate
+from operators.alarm import AlarmRule
+from operators.anomaly import AnomalyRule
+from operators.dataflow import (
+    aggregate,
+    alarms,
+    anomalies,
+    late_dead_letters,
+    score_windows,
+    validate,
+)
 from operators.events import Event
+from operators.inference import FeatureSpec, ModelSpec, OnnxScorer
+from operators.kpi import Kpi, KpiCalculator, KpiConfig
 from operators.record import DeadLetter, PointBatch, Quality, to_ms
 from operators.validate import (
     KNOWN_CONVERSIONS,
@@ -73,6 +88,7 @@ class Streams:
     raw: Stream[PointBatch]
     points: KeyedStream[PointBatch]
     aggregates: tuple[Stream[WindowAggregates], ...] = ()
+    kpis: tuple[Stream[Kpi], ...] = ()
     events: tuple[Stream[Event], ...] = ()
     late: tuple[Stream[DeadLetter], ...] = ()
     dead_letters: tuple[Stream[DeadLetter], ...] = ()
@@ -98,6 +114,8 @@ def _simulator(cfg: SimulatorInput, site: SiteConfig) -> SimulatorSource:
         ticks_per_batch=cfg.ticks_per_batch,
         seed=cfg.seed,
         faults=tuple(Fault(f.kind, f.asset, f.start_s, f.duration_s) for f in cfg.faults),
+        disorder_fraction=cfg.disorder_fraction,
+        disorder_max_delay_ms=cfg.disorder_max_delay_ms,
     )
 
 
@@ -141,6 +159,21 @@ def _load_callable(path: str) -> Callable[..., Streams]:
     return obj  # type: ignore[no-any-return]
 
 
+def _merged(parts: tuple[Stream[Any], ...], step_id: str) -> Stream[Any]:
+    return parts[0] if len(parts) == 1 else op.merge(step_id, *parts)
+
+
+def _kpi_factory(step: KpiOp) -> Callable[[], KpiCalculator]:
+    cfg = KpiConfig(**step.model_dump(exclude={"type", "id"}))
+    return partial(KpiCalculator, cfg)
+
+
+def _scorer_factory(step: InferenceOp) -> Callable[[], OnnxScorer]:
+    features = tuple(FeatureSpec(**f.model_dump()) for f in step.features)
+    models = tuple(ModelSpec(**m.model_dump()) for m in step.models)
+    return partial(OnnxScorer, step.window_ms, step.assets, features, models)
+
+
 def _apply(step: Any, s: Streams) -> Streams:
     if isinstance(step, ValidateOp):
         out = validate(step.id, s.points, _rules(step))
@@ -160,6 +193,21 @@ def _apply(step: Any, s: Streams) -> Streams:
             lambda b: late_dead_letters(b, stage=step.id, window_ms=step.window_ms),
         )
         return s.add("aggregates", agg.aggregates).add("late", late)
+    if isinstance(step, AnomalyOp):
+        rules = tuple(AnomalyRule(**r.model_dump()) for r in step.rules)
+        return s.add("events", anomalies(step.id, s.points, rules))
+    if isinstance(step, AlarmOp):
+        alarm_rules = tuple(AlarmRule(**r.model_dump()) for r in step.rules)
+        return s.add("events", alarms(step.id, s.points, alarm_rules))
+    if isinstance(step, KpiOp | InferenceOp):
+        if not s.aggregates:
+            msg = f"operator {step.id} ({step.type}) needs an aggregate operator before it"
+            raise ConfigError(msg)
+        windows = _merged(s.aggregates, f"{step.id}_in")
+        factory = _kpi_factory(step) if isinstance(step, KpiOp) else _scorer_factory(step)
+        factory()  # fail at build time: bad model files, feature count mismatch
+        scored = score_windows(step.id, windows, factory)
+        return s.add("kpis", scored.kpis).add("events", scored.events)
     if isinstance(step, CustomOp):
         fn = _load_callable(step.callable)
         result = fn(step.id, s, **step.params)
@@ -177,7 +225,7 @@ def to_rows(stream: str, item: Any) -> list[dict[str, Any]]:
         return item.rows()
     if isinstance(item, PointBatch):
         return [p.to_dict() for p in item.to_points()]
-    if isinstance(item, Event | DeadLetter):
+    if isinstance(item, Event | DeadLetter | Kpi):
         return [item.to_dict()]
     msg = f"stream {stream} carries {type(item).__name__}, which has no row form"
     raise TypeError(msg)
@@ -189,11 +237,7 @@ def _collect(s: Streams, name: StreamName, step: str) -> Stream[Any] | None:
     if name == "points":
         return op.key_rm(f"{step}_points_unkey", s.points)
     parts: tuple[Stream[Any], ...] = getattr(s, name)
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    return op.merge(f"{step}_{name}_merge", *parts)
+    return _merged(parts, f"{step}_{name}_merge") if parts else None
 
 
 def _tag(name: str, item: Any) -> tuple[str, Any]:

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,6 +29,12 @@ from flows.errors import ConfigError
 __all__ = [
     "DEMO_SITE",
     "AggregateOp",
+    "AlarmOp",
+    "AnomalyOp",
+    "FeatureConfig",
+    "InferenceOp",
+    "KpiOp",
+    "ModelConfig",
     "ConsoleSink",
     "CustomOp",
     "EdgeflowSettings",
@@ -49,15 +56,7 @@ __all__ = [
 
 DEMO_SITE = Path(__file__).parent / "sites" / "demo.yaml"
 
-StreamName = Literal["raw", "points", "aggregates", "events", "late", "dead_letters"]
-ALL_STREAMS: tuple[StreamName, ...] = (
-    "raw",
-    "points",
-    "aggregates",
-    "events",
-    "late",
-    "dead_letters",
-)
+StreamName = Literal["raw", "points", "aggregates", "kpis", "events", "late", "dead_letters"]
 
 
 class _Model(BaseModel):
@@ -109,6 +108,10 @@ class SimulatorInput(_Model):
     seed: int = 42
     inverters: int = Field(default=2, ge=1, le=1000)
     faults: tuple[FaultConfig, ...] = ()
+    disorder_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="fraction of points delivered late"
+    )
+    disorder_max_delay_ms: int = Field(default=30_000, gt=0)
 
     @field_validator("start")
     @classmethod
@@ -186,6 +189,124 @@ class AggregateOp(_Model):
         return self
 
 
+class AnomalyRuleConfig(_Model):
+    """One anomaly-window rule (see :mod:`operators.anomaly`)."""
+
+    id: str = Field(min_length=1)
+    kind: Literal["drop", "spike", "deviation", "rate"]
+    tags: str
+    lookback_ms: int = Field(gt=0)
+    threshold: float = 0.0
+    relative: bool = True
+    factor: float = 2.0
+    min_baseline: float = 1e-9
+    nominal: float | None = None
+    ignore_below: float | None = None
+    severity: str = "warning"
+
+    @model_validator(mode="after")
+    def _params(self) -> AnomalyRuleConfig:
+        if self.kind == "deviation" and not self.nominal:
+            msg = "a deviation rule needs a non-zero nominal"
+            raise ValueError(msg)
+        if self.kind == "spike" and self.factor <= 1:
+            msg = "a spike rule needs factor > 1"
+            raise ValueError(msg)
+        if self.kind != "spike" and self.threshold <= 0:
+            msg = f"a {self.kind} rule needs threshold > 0"
+            raise ValueError(msg)
+        return self
+
+
+class AnomalyOp(_Model):
+    """Anomaly windows over points."""
+
+    type: Literal["anomaly"]
+    id: str = "anomaly"
+    rules: tuple[AnomalyRuleConfig, ...] = Field(min_length=1)
+
+
+class AlarmRuleConfig(_Model):
+    """A threshold alarm with hysteresis."""
+
+    id: str = Field(min_length=1)
+    tags: str
+    limit: float
+    deadband: float = Field(default=0.0, ge=0)
+    direction: Literal["high", "low"] = "high"
+    severity: Literal["critical", "major", "minor", "warning", "info"] = "major"
+
+
+class AlarmOp(_Model):
+    """Threshold alarms over points."""
+
+    type: Literal["alarm"]
+    id: str = "alarm"
+    rules: tuple[AlarmRuleConfig, ...] = Field(min_length=1)
+
+
+class KpiOp(_Model):
+    """Site KPIs from closed windows (see :mod:`operators.kpi`)."""
+
+    type: Literal["kpi"]
+    id: str = "kpi"
+    window_ms: int = Field(default=60_000, gt=0)
+    rated_kw: float = Field(default=200.0, gt=0)
+    pv_power: str = "*/pv/*/ac_power"
+    irradiance: str = "irradiance"
+    load_power: str = "*/load/*/active_power"
+    battery_power: str = "*/storage/*/power"
+    power_factor: str = "power_factor"
+    string_currents: str = "string*_current"
+    imbalance_threshold: float = Field(default=0.2, gt=0)
+    min_string_current_a: float = Field(default=1.0, ge=0)
+    min_irradiance_w_m2: float = Field(default=50.0, ge=0)
+
+
+class FeatureConfig(_Model):
+    """One model input feature (see :class:`operators.inference.FeatureSpec`)."""
+
+    name: str
+    tags: str
+    stat: Literal["mean", "min", "max", "std", "twa", "first", "last", "sum"] = "mean"
+    reduce: Literal["mean", "max", "min", "imbalance"] = "mean"
+    scope: Literal["asset", "site"] = "asset"
+    scale: float = 1.0
+    minus: str | None = None
+
+
+class ModelConfig(_Model):
+    """An ONNX model file; relative paths are resolved against the site file's folder."""
+
+    name: str
+    path: Path
+    output: str
+    column: int | None = None
+    negate: bool = False
+    threshold: float | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, v: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        path = v if v.is_absolute() or base is None else (Path(base) / v).resolve()
+        if not path.is_file():
+            msg = f"model file {path} does not exist"
+            raise ValueError(msg)
+        return path
+
+
+class InferenceOp(_Model):
+    """ONNX inference on per-asset features of closed windows."""
+
+    type: Literal["inference"]
+    id: str = "inference"
+    window_ms: int = Field(default=60_000, gt=0)
+    assets: str = Field(description="glob over machine paths, e.g. */pv/*/inv-*")
+    features: tuple[FeatureConfig, ...] = Field(min_length=1)
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+
+
 class CustomOp(_Model):
     """A user operator: ``callable`` is ``package.module:function``.
 
@@ -199,7 +320,10 @@ class CustomOp(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-OperatorConfig = Annotated[ValidateOp | AggregateOp | CustomOp, Field(discriminator="type")]
+OperatorConfig = Annotated[
+    ValidateOp | AggregateOp | AnomalyOp | AlarmOp | KpiOp | InferenceOp | CustomOp,
+    Field(discriminator="type"),
+]
 
 
 # -- sinks -----------------------------------------------------------------------------------
@@ -253,10 +377,10 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_site(data: Any, *, source: str = "<dict>") -> SiteConfig:
-    """Validate already-parsed YAML/JSON data as a site config."""
+def parse_site(data: Any, *, source: str = "<dict>", base_dir: Path | None = None) -> SiteConfig:
+    """Validate already-parsed YAML/JSON data; relative file paths resolve against base_dir."""
     try:
-        return SiteConfig.model_validate(data)
+        return SiteConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         raise ConfigError(_format_errors(source, e)) from e
 
@@ -277,7 +401,7 @@ def load_site(path: str | Path) -> SiteConfig:
     if not isinstance(data, dict):
         msg = f"site config {p} must be a mapping at the top level"
         raise ConfigError(msg)
-    return parse_site(data, source=str(p))
+    return parse_site(data, source=str(p), base_dir=p.parent)
 
 
 class EdgeflowSettings(BaseSettings):

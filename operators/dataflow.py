@@ -19,12 +19,25 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulLogic
 from typing_extensions import override
 
+from operators.alarm import AlarmEngine, AlarmRule
+from operators.anomaly import AnomalyDetector, AnomalyRule
 from operators.events import Event
+from operators.kpi import Kpi
 from operators.record import DeadLetter, PointBatch, now_ms
 from operators.validate import ValidationRules, Validator
 from operators.window import TumblingAggregator, WindowAggregates, window_label
 
-__all__ = ["AggregateOut", "ValidateOut", "aggregate", "late_dead_letters", "validate"]
+__all__ = [
+    "AggregateOut",
+    "ValidateOut",
+    "WindowScoresOut",
+    "aggregate",
+    "alarms",
+    "anomalies",
+    "late_dead_letters",
+    "score_windows",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +186,60 @@ def late_dead_letters(batch: PointBatch, *, stage: str, window_ms: int) -> list[
             )
         )
     return out
+
+
+def _site_of_window(w: WindowAggregates) -> str:
+    return w.tags[0].path.split("/", 2)[1] if w.tags else "_"
+
+
+def _batch_events(step_id: str, up: KeyedStream[PointBatch], factory: Any) -> Stream[Event]:
+    def mapper(state: Any, batch: PointBatch) -> tuple[Any, list[Event]]:
+        engine = state if state is not None else factory()
+        return engine, engine.process(batch)
+
+    return op.key_rm("unkey", op.stateful_flat_map("eval", up, mapper))
+
+
+@operator
+def anomalies(
+    step_id: str, up: KeyedStream[PointBatch], rules: tuple[AnomalyRule, ...]
+) -> Stream[Event]:
+    """Anomaly-window rules per tag; emits raised/cleared events."""
+    AnomalyDetector(rules)  # validate now, not on the first item
+    return _batch_events(step_id, up, lambda: AnomalyDetector(rules))
+
+
+@operator
+def alarms(
+    step_id: str, up: KeyedStream[PointBatch], rules: tuple[AlarmRule, ...]
+) -> Stream[Event]:
+    """Threshold alarms with hysteresis; emits raised/cleared events."""
+    AlarmEngine(rules)
+    return _batch_events(step_id, up, lambda: AlarmEngine(rules))
+
+
+@dataclass(frozen=True)
+class WindowScoresOut:
+    """KPI/score values and the events derived from them."""
+
+    kpis: Stream[Kpi]
+    events: Stream[Event]
+
+
+@operator
+def score_windows(step_id: str, up: Stream[WindowAggregates], factory: Any) -> WindowScoresOut:
+    """Run a per-site window processor (KPIs, ONNX scoring) over closed windows.
+
+    ``factory()`` builds an object whose ``process(window)`` returns ``(kpis, events)``.
+    """
+    keyed = op.key_on("site", up, _site_of_window)
+
+    def mapper(state: Any, w: WindowAggregates) -> tuple[Any, list[tuple[str, Any]]]:
+        engine = state if state is not None else factory()
+        kpis, events = engine.process(w)
+        return engine, [("kpi", k) for k in kpis] + [("event", e) for e in events]
+
+    tagged = op.stateful_flat_map("eval", keyed, mapper)
+    kpis = op.filter_map("kpis", tagged, lambda kv: kv[1][1] if kv[1][0] == "kpi" else None)
+    events = op.filter_map("events", tagged, lambda kv: kv[1][1] if kv[1][0] == "event" else None)
+    return WindowScoresOut(kpis, events)

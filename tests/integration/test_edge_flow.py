@@ -26,6 +26,9 @@ START = "2026-01-01T11:50:00Z"
 
 def demo_config(out: Path, **sim_overrides) -> dict:
     data = yaml.safe_load(DEMO_SITE.read_text())
+    for step in data["operators"]:
+        for model in step.get("models", []):
+            model["path"] = str((DEMO_SITE.parent / model["path"]).resolve())
     data["inputs"][0].update(sim_overrides)
     data["sinks"] = [
         {
@@ -66,7 +69,7 @@ def test_demo_flow_aggregates_match_independent_computation(tmp_path: Path):
         {"kind": "stuck_sensor", "asset": "meter-01", "start_s": 600, "duration_s": 300},
         {"kind": "bad_quality", "asset": "bess-01", "start_s": 1000, "duration_s": 20},
     ]
-    run_main(build_flow(parse_site(cfg)))
+    run_main(build_flow(parse_site(cfg, base_dir=DEMO_SITE.parent)))
 
     points = simulated_points(cfg)
     raw = read_jsonl(tmp_path / "raw.jsonl")
@@ -142,7 +145,9 @@ def test_cli_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
     )
     deadline = time.monotonic() + 60
     agg_file = tmp_path / "out" / "aggregates.jsonl"
-    while time.monotonic() < deadline and len(read_jsonl(agg_file)) < 29 * 3:
+    while (
+        time.monotonic() < deadline and proc.poll() is None and len(read_jsonl(agg_file)) < 29 * 3
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -23,7 +23,15 @@ def with_(**changes):
 def test_demo_site_loads_and_builds():
     site = load_site(DEMO_SITE)
     assert site.name == "demo"
-    assert [o.type for o in site.operators] == ["validate", "aggregate"]
+    assert [o.type for o in site.operators] == [
+        "validate",
+        "aggregate",
+        "anomaly",
+        "alarm",
+        "kpi",
+        "inference",
+    ]
+    assert all(m.path.is_file() for m in site.operators[5].models)
     build_flow(site)
 
 
