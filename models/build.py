@@ -53,13 +53,13 @@ def _faults(days: float, seed: int, inverters: int) -> tuple[Fault, ...]:
     while t < days * 86400 - 3600:
         kind = FAULT_KINDS[int(rng.integers(len(FAULT_KINDS)))]
         asset = f"inv-{int(rng.integers(inverters)) + 1:02d}"
-        out.append(Fault(kind, asset, t, float(rng.integers(20, 41)) * 60))
-        t += float(rng.integers(90, 150)) * 60
+        out.append(Fault(kind, asset, t, float(rng.integers(15, 41)) * 60))
+        t += float(rng.integers(50, 90)) * 60
     return tuple(out)
 
 
 def training_set(
-    *, days: float = 3.0, interval_ms: int = 5000, seed: int = 7, inverters: int = 2
+    *, days: float = 4.0, interval_ms: int = 5000, seed: int = 7, inverters: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate, aggregate to 1 min, return ``(X, y)``; y = 1 for observable fault windows."""
     faults = _faults(days, seed, inverters)
@@ -93,11 +93,22 @@ def training_set(
     return np.asarray(xs, np.float32), np.asarray(ys, np.int64)
 
 
+def _canonical(model: Any) -> bytes:
+    """Serialise with a stable opset order; skl2onnx builds it from a hash-ordered set."""
+    opsets = sorted((o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    for domain, version in opsets:
+        entry = model.opset_import.add()
+        entry.domain, entry.version = domain, version
+    data: bytes = model.SerializeToString()
+    return data
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(out: Path = HERE, *, days: float = 3.0) -> dict[str, Any]:
+def build(out: Path = HERE, *, days: float = 4.0) -> dict[str, Any]:
     """Train and export both models into ``out``; return the metadata written."""
     import onnx
     import skl2onnx
@@ -110,14 +121,16 @@ def build(out: Path = HERE, *, days: float = 3.0) -> dict[str, Any]:
     iso = IsolationForest(n_estimators=100, random_state=0).fit(normal)
     normal_scores = -iso.decision_function(normal)
     anomaly_threshold = float(np.quantile(normal_scores, 0.999) + 0.05)
-    clf = RandomForestClassifier(n_estimators=60, max_depth=8, random_state=0).fit(X, y)
+    clf = RandomForestClassifier(
+        n_estimators=60, max_depth=8, max_features=None, random_state=0
+    ).fit(X, y)
     opset = {"": 17, "ai.onnx.ml": 3}
     out.mkdir(parents=True, exist_ok=True)
     iso_onx = to_onnx(iso, X[:1], target_opset=opset)
     clf_onx = to_onnx(clf, X[:1], target_opset=opset, options={id(clf): {"zipmap": False}})
     files = {"anomaly": out / "inverter_anomaly.onnx", "fault": out / "inverter_fault.onnx"}
-    files["anomaly"].write_bytes(iso_onx.SerializeToString())
-    files["fault"].write_bytes(clf_onx.SerializeToString())
+    files["anomaly"].write_bytes(_canonical(iso_onx))
+    files["fault"].write_bytes(_canonical(clf_onx))
     meta: dict[str, Any] = {
         "assets": ASSETS,
         "window_ms": 60_000,
@@ -166,7 +179,7 @@ def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--days", type=float, default=3.0)
+    parser.add_argument("--days", type=float, default=4.0)
     args = parser.parse_args()
     meta = build(args.out, days=args.days)
     print(json.dumps({k: meta[k] for k in ("training", "sha256", "models")}, indent=2))

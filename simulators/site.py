@@ -163,7 +163,8 @@ class EnergySite:
         st.cloud = min(1.0, max(0.3, st.cloud + rng.normal(0.0, 0.004)))
         irradiance = 1000.0 * sun * st.cloud
         ambient = 15.0 + 10.0 * sun + rng.normal(0.0, 0.05)
-        vals: list[float] = [irradiance + rng.normal(0.0, 2.0) if irradiance > 0 else 0.0, ambient]
+        measured = max(0.0, irradiance + rng.normal(0.0, 2.0)) if irradiance > 0 else 0.0
+        vals: list[float] = [measured, ambient]
 
         pv_total = 0.0
         for i in range(lay.inverters):
@@ -194,7 +195,7 @@ class EnergySite:
         # Battery: positive power = discharge into the site.
         if surplus > 0 and st.soc < 95.0:
             bess_p = -min(surplus, lay.battery_power_kw)
-        elif surplus < 0 and st.soc > 10.0:
+        elif surplus < 0 and st.soc > 20.0:  # keep a 20% reserve
             bess_p = min(-surplus, lay.battery_power_kw)
         else:
             bess_p = 0.0
@@ -207,7 +208,8 @@ class EnergySite:
         vals += [soc_reported, bess_p, bess_v, st.bess_temp]
         vals += [load]
 
-        grid = load - pv_total - bess_p
+        # Meters have a little measurement noise: the balance never reads as a flat zero.
+        grid = load - pv_total - bess_p + rng.normal(0.0, 0.05)
         voltage = lay.nominal_voltage_v * (1.0 + rng.normal(0.0, 0.003))
         if self._fault("voltage_sag", "meter-01", t_s):
             voltage *= 0.88

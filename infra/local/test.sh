@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-python3 -m pip install -q -e ".[dev]"
+python3 -m pip install -q -e ".[dev,models]"
 bash infra/local/install.sh
 bash infra/local/start.sh
 python3 -m pytest "$@"

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from operators.alarm import AlarmEngine, AlarmRule, hysteresis
+from operators.errors import RuleError
+from operators.record import PointBatch, TagRef
+
+T1 = TagRef("e/s/pv/a1/inv-01/temperature", "C")
+T2 = TagRef("e/s/pv/a2/inv-02/temperature", "C")
+SOC = TagRef("e/s/storage/bess/b1/soc", "%")
+HIGH = AlarmRule("over-temp", "*/pv/*/temperature", limit=85, deadband=5)
+LOW = AlarmRule("low-soc", "soc", limit=10, deadband=5, direction="low", severity="minor")
+
+
+def batch(rows):
+    tags = tuple(dict.fromkeys(r[0] for r in rows))
+    return PointBatch(
+        tags,
+        [tags.index(r[0]) for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [0] * len(rows),
+    )
+
+
+def run(rule, values, tag=T1):
+    eng = AlarmEngine((rule,))
+    return [
+        (e.state, e.ts_ms) for e in eng.process(batch([(tag, i, v) for i, v in enumerate(values)]))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rule", "values", "expected", "tag"),
+    [
+        (HIGH, [70, 80, 84.9], [], T1),
+        (HIGH, [70, 86, 90, 88], [("raised", 1)], T1),
+        (HIGH, [86, 84, 86, 84, 86, 81], [("raised", 0)], T1),  # hovering: no storm
+        (HIGH, [86, 84, 80, 86], [("raised", 0), ("cleared", 2), ("raised", 3)], T1),
+        (HIGH, [85, 85], [], T1),  # strictly above the limit
+        (LOW, [50, 9, 12, 14, 15], [("raised", 1), ("cleared", 4)], SOC),
+        (LOW, [50, 9, 12, 14, 15], [], T1),  # rule does not match the tag
+    ],
+)
+def test_hysteresis_table(rule, values, expected, tag):
+    assert run(rule, values, tag) == expected
+
+
+def test_state_survives_batches_and_tags_are_independent():
+    eng = AlarmEngine((HIGH,))
+    e1 = eng.process(batch([(T1, 0, 90.0), (T2, 0, 70.0)]))
+    assert [(e.path, e.state) for e in e1] == [(T1.path, "raised")]
+    assert eng.active() == {"over-temp": {T1.path}}
+    assert eng.process(batch([(T1, 1, 83.0), (T2, 1, 86.0)]))[0].path == T2.path
+    e3 = eng.process(batch([(T1, 2, 79.0)]))
+    assert [(e.path, e.state) for e in e3] == [(T1.path, "cleared")]
+    assert "back to 79 C" in e3[0].message
+
+
+def test_out_of_order_points_are_evaluated_in_time_order():
+    eng = AlarmEngine((HIGH,))
+    events = eng.process(batch([(T1, 2, 70.0), (T1, 1, 90.0), (T1, 0, 70.0)]))
+    assert [(e.state, e.ts_ms) for e in events] == [("raised", 1), ("cleared", 2)]
+
+
+def test_hysteresis_kernel_both_set_and_reset_counts_as_set():
+    v = np.zeros(3)
+    state = hysteresis(
+        v,
+        np.array([True, False, False]),
+        np.array([False]),
+        set_mask=np.array([False, True, False]),
+        reset_mask=np.array([False, True, True]),
+    )
+    assert state.tolist() == [False, True, False]
+
+
+def test_negative_deadband_refused():
+    with pytest.raises(RuleError):
+        AlarmRule("x", "*", limit=1, deadband=-1)

@@ -1,0 +1,140 @@
+import pytest
+
+from operators.anomaly import AnomalyDetector, AnomalyRule
+from operators.errors import RuleError
+from operators.record import PointBatch, TagRef
+
+SOC = TagRef("e/s/storage/bess/b1/soc", "%")
+SOC2 = TagRef("e/s/storage/bess/b2/soc", "%")
+LOAD = TagRef("e/s/load/lv/p1/active_power", "kW")
+V = TagRef("e/s/grid/poc/m1/voltage", "V")
+EFF = TagRef("e/s/pv/a1/inv1/efficiency", "%")
+T0 = 1_767_225_600_000
+
+
+def batch(rows):
+    tags = tuple(dict.fromkeys(r[0] for r in rows))
+    return PointBatch(
+        tags,
+        [tags.index(r[0]) for r in rows],
+        [T0 + r[1] for r in rows],
+        [r[2] for r in rows],
+        [0] * len(rows),
+    )
+
+
+def series(tag, values, step_ms=1000, start_ms=0):
+    return [(tag, start_ms + i * step_ms, float(v)) for i, v in enumerate(values)]
+
+
+def states(events):
+    return [(e.rule, e.path.rsplit("/", 2)[1], e.state, e.ts_ms - T0) for e in events]
+
+
+SOC_DROP = AnomalyRule("soc-drop", "drop", "soc", lookback_ms=300_000, threshold=0.2)
+SPIKE = AnomalyRule("spike", "spike", "*/load/*", lookback_ms=60_000, factor=2.0, min_baseline=1.0)
+DEV = AnomalyRule("vdev", "deviation", "voltage", lookback_ms=120_000, nominal=400, threshold=0.1)
+RATE = AnomalyRule("rate", "rate", "soc", lookback_ms=10_000, threshold=1.0)
+EFF_DROP = AnomalyRule(
+    "eff", "drop", "efficiency", lookback_ms=600_000, threshold=0.15, ignore_below=50
+)
+
+CASES = [
+    pytest.param(
+        SOC_DROP, series(SOC, [60] * 10 + [49] * 5, step_ms=10_000), [], id="drop-below-threshold"
+    ),
+    pytest.param(
+        SOC_DROP,
+        series(SOC, [60] * 10 + [47, 47, 47], step_ms=10_000),
+        [("soc-drop", "b1", "raised", 100_000)],
+        id="drop-raises-once",
+    ),
+    pytest.param(
+        SOC_DROP,
+        series(SOC, [60, 47] + [47] * 35, step_ms=10_000),
+        [("soc-drop", "b1", "raised", 10_000), ("soc-drop", "b1", "cleared", 300_000)],
+        id="drop-clears-when-max-leaves-lookback",
+    ),
+    pytest.param(SOC_DROP, series(SOC, [60, 59, 58, 57], step_ms=120_000), [], id="slow-decline"),
+    pytest.param(
+        SPIKE,
+        series(LOAD, [60, 61, 59, 125, 60]),
+        [("spike", "p1", "raised", 3000), ("spike", "p1", "cleared", 4000)],
+        id="spike",
+    ),
+    pytest.param(SPIKE, series(LOAD, [0.5, 0.5, 3.0]), [], id="spike-needs-baseline"),
+    pytest.param(SPIKE, series(LOAD, [60, 100, 110]), [], id="rise-below-factor"),
+    pytest.param(
+        DEV,
+        series(V, [400] * 60 + [350] * 200, step_ms=1000)[:150],
+        [],
+        id="deviation-needs-sustained-mean",
+    ),
+    pytest.param(
+        DEV,
+        series(V, [400] * 10 + [340] * 200, step_ms=1000),
+        [("vdev", "m1", "raised", 29_000)],
+        id="deviation-raises",
+    ),
+    pytest.param(
+        RATE, series(SOC, [50, 50, 50, 50, 50, 50, 60]), [("rate", "b1", "raised", 6000)], id="rate"
+    ),
+    pytest.param(EFF_DROP, series(EFF, [97, 97, 0, 0, 97, 96]), [], id="ignore-night-zeros"),
+    pytest.param(
+        EFF_DROP, series(EFF, [97, 97, 80]), [("eff", "inv1", "raised", 2000)], id="efficiency-drop"
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule", "rows", "expected"), CASES)
+def test_rules(rule, rows, expected):
+    assert states(AnomalyDetector((rule,)).process(batch(rows))) == expected
+
+
+@pytest.mark.parametrize(("rule", "rows", "expected"), CASES)
+def test_batching_does_not_change_results(rule, rows, expected):
+    det = AnomalyDetector((rule,))
+    events = []
+    for i in range(0, len(rows), 3):
+        events += det.process(batch(rows[i : i + 3]))
+    assert states(events) == expected
+
+
+def test_tags_are_independent():
+    rows = series(SOC, [60] * 5 + [40] * 2, step_ms=10_000) + series(SOC2, [60] * 7, step_ms=10_000)
+    assert states(AnomalyDetector((SOC_DROP,)).process(batch(rows))) == [
+        ("soc-drop", "b1", "raised", 50_000)
+    ]
+
+
+def test_event_details_carry_observed_values():
+    (e,) = AnomalyDetector((SOC_DROP,)).process(batch(series(SOC, [60, 40], step_ms=1000)))
+    assert e.kind == "anomaly" and e.details["value"] == 40.0 and e.details["baseline"] == 60.0
+    assert e.details["lookback_ms"] == 300_000 and e.details["score"] == pytest.approx(1 / 3)
+    assert "dropped from 60 to 40" in e.message
+
+
+def test_history_is_pruned_to_the_lookback():
+    det = AnomalyDetector((SPIKE,))
+    for k in range(20):
+        det.process(batch(series(LOAD, [60] * 60, start_ms=k * 60_000)))
+    assert len(det._hist["spike"].key) <= 61
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": "drop", "lookback_ms": 0, "threshold": 0.1},
+        {"kind": "deviation", "lookback_ms": 1000, "threshold": 0.1},
+        {"kind": "spike", "lookback_ms": 1000, "factor": 1.0},
+        {"kind": "drop", "lookback_ms": 1000},
+    ],
+)
+def test_invalid_rules(kwargs):
+    with pytest.raises(RuleError):
+        AnomalyRule("r", tags="*", **kwargs)
+
+
+def test_duplicate_rule_ids():
+    with pytest.raises(RuleError):
+        AnomalyDetector((SOC_DROP, SOC_DROP))
