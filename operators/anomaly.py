@@ -11,11 +11,17 @@ For each point ``i`` of a tag at time ``t`` the rule looks at the tag's points i
 
 Points below ``ignore_below`` take no part (e.g. inverter efficiency reported 0 at night).
 A rule raises one event when its condition turns true for a tag and one ``cleared`` event
-when it turns false again: no event storms. Evaluation depends only on the points, not on how
-they were batched, so a replay gives the same anomalies as the live run.
+when it turns false again: no event storms.
 
-Everything is columnar: rolling max/min come from a sparse table over the sorted
-(tag, time) keys, rolling means from cumulative sums.
+Points are evaluated in arrival order per tag: a point that is not newer than the tag's newest
+evaluated point (late or duplicate) is skipped for anomaly purposes and counted in
+``skipped`` (it still reaches the aggregates or the late stream). Evaluation depends only on
+the points and their per-tag order, not on how they were batched, so replaying the raw topic
+(which keeps per-tag order) gives the same anomalies as the live run.
+
+Everything is columnar and bounded: for max/min rules the history keeps only a "staircase"
+(points that beat every later point of their tag, the vectorised form of a monotonic deque);
+within a batch, range extrema come from a sparse table; means use cumulative sums.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = ["AnomalyDetector", "AnomalyRule"]
 
 Kind = Literal["drop", "spike", "deviation", "rate"]
 _TS_BITS = 42  # epoch ms < 2**42 until 2109; tag ids live above
+_TS_MASK = (1 << _TS_BITS) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,10 @@ class AnomalyDetector:
         self._match: dict[str, dict[TagRef, bool]] = {r.id: {} for r in rules}
         self._hist: dict[str, _History] = {r.id: _History() for r in rules}
         self._active: dict[str, set[int]] = {r.id: set() for r in rules}
+        self._newest: dict[str, npt.NDArray[np.int64]] = {
+            r.id: np.empty(0, np.int64) for r in rules
+        }
+        self.skipped: dict[str, int] = {}
 
     def _gid(self, ref: TagRef) -> int:
         gid = self._gid_of.get(ref)
@@ -148,53 +159,120 @@ class AnomalyDetector:
             sel &= batch.value >= rule.ignore_below
         if not sel.any():
             return []
-        new_key = (gid[sel] << _TS_BITS) | batch.ts_ms[sel]
-        new_val = batch.value[sel]
-        hist = self._hist[rule.id]
-        key = np.concatenate([hist.key, new_key])
-        val = np.concatenate([hist.value, new_val])
-        is_new = np.r_[np.zeros(len(hist.key), np.bool_), np.ones(len(new_key), np.bool_)]
+        key = (gid[sel] << _TS_BITS) | batch.ts_ms[sel]
         order = np.argsort(key, kind="stable")
-        key, val, is_new = key[order], val[order], is_new[order]
+        key, val = key[order], batch.value[sel][order]
         g = key >> _TS_BITS
-        ts = key & ((1 << _TS_BITS) - 1)
+        # Points are evaluated in arrival order per tag: a point not newer than the tag's
+        # newest evaluated point (late, or a duplicate) is skipped and counted.
+        newest = self._newest[rule.id]
+        if len(newest) < len(self._tags):
+            newest = self._newest[rule.id] = np.r_[
+                newest, np.full(len(self._tags) - len(newest), -1, np.int64)
+            ]
+        ts = key & _TS_MASK
+        first = np.r_[True, g[1:] != g[:-1]]
+        fresh = (ts > newest[g]) & (first | (key != np.r_[-1, key[:-1]]))
+        if not fresh.all():
+            self.skipped[rule.id] = self.skipped.get(rule.id, 0) + int((~fresh).sum())
+            key, val, g, ts = key[fresh], val[fresh], g[fresh], ts[fresh]
+            if not len(key):
+                return []
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        ends = np.r_[starts[1:], len(g)] - 1
+        newest[g[ends]] = ts[ends]
         seg = np.cumsum(np.r_[True, g[1:] != g[:-1]]) - 1
-        hi = np.arange(len(key))
-        lo = np.maximum(np.searchsorted(key, key - rule.lookback_ms, side="right"), starts[seg])
-        # The condition at every point (old points are re-evaluated only for transitions).
-        if rule.kind == "drop":
-            mx = _range_query(_sparse(val, np.maximum), lo, hi, np.maximum)
-            gap = mx - val
-            with np.errstate(divide="ignore", invalid="ignore"):
-                score = np.where(np.abs(mx) > 0, gap / np.abs(mx), 0.0) if rule.relative else gap
-            cond = score >= rule.threshold
-            baseline = mx
-        elif rule.kind == "spike":
-            mn = _range_query(_sparse(val, np.minimum), lo, hi, np.minimum)
-            cond = (mn >= rule.min_baseline) & (val >= rule.factor * mn)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                score = np.where(mn > 0, val / mn, 0.0)
-            baseline = mn
-        elif rule.kind == "deviation":
+        # Window start inside this batch's points of the same tag.
+        lo_new = np.maximum(np.searchsorted(key, key - rule.lookback_ms, side="right"), starts[seg])
+        hist = self._hist[rule.id]
+        # Window start inside the kept history (sorted by key; all older than the batch).
+        h_lo = np.searchsorted(hist.key, key - rule.lookback_ms, side="right")
+        h_end = np.searchsorted(hist.key, g << _TS_BITS | _TS_MASK, side="right")
+        has_hist = h_lo < h_end
+        if rule.kind in ("drop", "spike"):
+            fn = np.maximum if rule.kind == "drop" else np.minimum
+            part = _range_query(_sparse(val, fn), lo_new, np.arange(len(val)), fn)
+            # History is a staircase: its first point inside the window is the extremum.
+            h_val = (
+                hist.value[np.minimum(h_lo, max(len(hist.value) - 1, 0))]
+                if len(hist.value)
+                else part
+            )
+            ext = np.where(has_hist, fn(part, h_val), part)
+            if rule.kind == "drop":
+                gap = ext - val
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = (
+                        np.where(np.abs(ext) > 0, gap / np.abs(ext), 0.0) if rule.relative else gap
+                    )
+                cond = score >= rule.threshold
+            else:
+                cond = (ext >= rule.min_baseline) & (val >= rule.factor * ext)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = np.where(ext > 0, val / ext, 0.0)
+            baseline = ext
+        else:
             csum = np.r_[0.0, np.cumsum(val)]
-            mean = (csum[hi + 1] - csum[lo]) / (hi - lo + 1)
-            assert rule.nominal is not None
-            score = np.abs(mean - rule.nominal) / abs(rule.nominal)
-            cond = score >= rule.threshold
-            baseline = mean
-        else:  # rate
-            span_ms = (ts - ts[lo]).astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                score = np.where(span_ms > 0, np.abs(val - val[lo]) / (span_ms / 1000.0), 0.0)
-            cond = (score >= rule.threshold) & (span_ms * 2 >= rule.lookback_ms)
-            baseline = val[lo]
-        events = self._transitions(rule, g, ts, val, cond, score, baseline, is_new)
-        # Keep only what the next batch's lookback can reach.
+            n_new = np.arange(len(val)) - lo_new + 1
+            s_new = csum[np.arange(len(val)) + 1] - csum[lo_new]
+            h_csum = np.r_[0.0, np.cumsum(hist.value)]
+            n_hist = np.where(has_hist, h_end - h_lo, 0)
+            s_hist = np.where(has_hist, h_csum[h_end] - h_csum[h_lo], 0.0)
+            if rule.kind == "deviation":
+                mean = (s_new + s_hist) / (n_new + n_hist)
+                assert rule.nominal is not None
+                score = np.abs(mean - rule.nominal) / abs(rule.nominal)
+                cond = score >= rule.threshold
+                baseline = mean
+            else:  # rate: against the oldest point in the window
+                safe = np.minimum(h_lo, max(len(hist.key) - 1, 0))
+                old_ts = np.where(
+                    has_hist, hist.key[safe] & _TS_MASK if len(hist.key) else 0, ts[lo_new]
+                )
+                old_v = np.where(
+                    has_hist, hist.value[safe] if len(hist.value) else 0.0, val[lo_new]
+                )
+                span_ms = (ts - old_ts).astype(np.float64)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = np.where(span_ms > 0, np.abs(val - old_v) / (span_ms / 1000.0), 0.0)
+                cond = (score >= rule.threshold) & (span_ms * 2 >= rule.lookback_ms)
+                baseline = old_v
+        events = self._transitions(rule, g, ts, val, cond, score, baseline)
+        self._update_history(rule, hist, key, val)
+        return events
+
+    def _update_history(
+        self,
+        rule: AnomalyRule,
+        hist: _History,
+        key: npt.NDArray[np.int64],
+        val: npt.NDArray[np.float64],
+    ) -> None:
+        """Merge the batch into the history and keep only what later lookbacks can reach."""
+        all_key = np.concatenate([hist.key, key])
+        all_val = np.concatenate([hist.value, val])
+        order = np.argsort(all_key, kind="stable")  # two sorted runs: a linear merge
+        all_key, all_val = all_key[order], all_val[order]
+        g = all_key >> _TS_BITS
+        ts = all_key & _TS_MASK
+        brk = np.r_[True, g[1:] != g[:-1]]
+        starts = np.flatnonzero(brk)
+        seg = np.cumsum(brk) - 1
         newest = np.maximum.reduceat(ts, starts)
         keep = ts > newest[seg] - rule.lookback_ms
-        hist.key, hist.value = key[keep], val[keep]
-        return events
+        if rule.kind in ("drop", "spike") and len(all_val):
+            # Staircase: keep a point only if it beats every later point of its tag; that is
+            # all a window maximum (minimum) ending at a later time can use. Ranks make the
+            # per-tag running extremum exact in integers.
+            _, rank = np.unique(all_val if rule.kind == "drop" else -all_val, return_inverse=True)
+            rank = rank.astype(np.int64)
+            rev_rank, rev_brk = rank[::-1], np.r_[True, g[::-1][1:] != g[::-1][:-1]]
+            off = (np.cumsum(rev_brk) - 1) * (len(rank) + 1)
+            run = np.maximum.accumulate(rev_rank + off) - off
+            later = np.r_[-1, run[:-1]]
+            later[rev_brk] = -1
+            keep &= (rev_rank > later)[::-1]
+        hist.key, hist.value = all_key[keep], all_val[keep]
 
     def _transitions(
         self,
@@ -205,15 +283,11 @@ class AnomalyDetector:
         cond: npt.NDArray[np.bool_],
         score: npt.NDArray[np.float64],
         baseline: npt.NDArray[np.float64],
-        is_new: npt.NDArray[np.bool_],
     ) -> list[Event]:
         active = self._active[rule.id]
         events: list[Event] = []
-        # Walk only new points; the previous state of a tag is its active flag.
-        pos = np.flatnonzero(is_new)
-        if not len(pos):
-            return events
-        gn, cn = g[pos], cond[pos]
+        pos = np.arange(len(g))
+        gn, cn = g, cond
         first = np.r_[True, gn[1:] != gn[:-1]]
         prev = np.r_[False, cn[:-1]]
         init = np.fromiter((int(x) in active for x in gn[first].tolist()), np.bool_)

@@ -138,3 +138,20 @@ def test_invalid_rules(kwargs):
 def test_duplicate_rule_ids():
     with pytest.raises(RuleError):
         AnomalyDetector((SOC_DROP, SOC_DROP))
+
+
+def test_points_older_than_the_newest_are_skipped_and_counted():
+    det = AnomalyDetector((SOC_DROP,))
+    det.process(batch(series(SOC, [60, 60, 60], step_ms=10_000)))
+    assert det.process(batch([(SOC, 5_000, 10.0), (SOC, 20_000, 10.0)])) == []
+    assert det.skipped == {"soc-drop": 2}
+
+
+def test_staircase_history_stays_small_for_noisy_signals():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    det = AnomalyDetector((SOC_DROP,))
+    for k in range(10):
+        det.process(batch(series(SOC, 60 + rng.normal(0, 0.1, 300), start_ms=k * 300_000)))
+    assert len(det._hist["soc-drop"].key) < 50  # not the 300 points of the lookback
