@@ -118,7 +118,8 @@ def build(out: Path = HERE, *, days: float = 4.0) -> dict[str, Any]:
 
     X, y = training_set(days=days)
     normal = X[y == 0]
-    iso = IsolationForest(n_estimators=100, random_state=0).fit(normal)
+    # 40 trees: the converted graph grows per tree and loads in ~0.6 s instead of 1.6 s.
+    iso = IsolationForest(n_estimators=40, random_state=0).fit(normal)
     normal_scores = -iso.decision_function(normal)
     anomaly_threshold = float(np.quantile(normal_scores, 0.999) + 0.05)
     clf = RandomForestClassifier(

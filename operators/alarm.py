@@ -9,6 +9,7 @@ Points are evaluated per tag in time order; the state is kept across batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy.typing as npt
 
 from operators.errors import RuleError
 from operators.events import Event
-from operators.record import PointBatch, TagRef
+from operators.record import PointBatch, TableCache, TagRef
 from operators.validate import tag_matches
 
 __all__ = ["AlarmEngine", "AlarmRule", "hysteresis"]
@@ -82,54 +83,76 @@ class AlarmEngine:
             msg = f"alarm rule ids must be unique: {ids}"
             raise RuleError(msg)
         self.rules = rules
-        self._raised: dict[str, set[str]] = {r.id: set() for r in rules}
-        self._match: dict[str, dict[TagRef, bool]] = {r.id: {} for r in rules}
+        self._tags: list[TagRef] = []
+        self._gid_of: dict[TagRef, int] = {}
+        self._raised: dict[str, npt.NDArray[np.bool_]] = {
+            r.id: np.zeros(0, np.bool_) for r in rules
+        }
+        self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
+            r.id: TableCache(partial(self._rule_lut, r)) for r in rules
+        }
+
+    def _rule_lut(self, rule: AlarmRule, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int64]:
+        lut = np.full(len(tags), -1, np.int64)
+        for i, ref in enumerate(tags):
+            if tag_matches(rule.tags, ref):
+                gid = self._gid_of.get(ref)
+                if gid is None:
+                    gid = self._gid_of[ref] = len(self._tags)
+                    self._tags.append(ref)
+                lut[i] = gid
+        return lut
 
     def active(self) -> dict[str, set[str]]:
         """Return raised alarms: rule id -> tag paths."""
-        return {k: set(v) for k, v in self._raised.items() if v}
+        out = {}
+        for rule_id, raised in self._raised.items():
+            paths = {self._tags[g].path for g in np.flatnonzero(raised).tolist()}
+            if paths:
+                out[rule_id] = paths
+        return out
 
     def process(self, batch: PointBatch) -> list[Event]:
         """Return raise/clear events caused by this batch, in time order."""
         events: list[Event] = []
+        if not len(batch):
+            return events
         for rule in self.rules:
             events.extend(self._run(rule, batch))
         events.sort(key=lambda e: (e.ts_ms, e.rule, e.path))
         return events
 
     def _run(self, rule: AlarmRule, batch: PointBatch) -> list[Event]:
-        cache = self._match[rule.id]
-        ok = np.fromiter(
-            (cache.setdefault(t, tag_matches(rule.tags, t)) for t in batch.tags),
-            np.bool_,
-            len(batch.tags),
-        )
-        sel = ok[batch.tag_idx] if len(batch) else np.zeros(0, np.bool_)
+        gid_all = self._luts[rule.id].get(batch.tags)[batch.tag_idx]
+        sel = gid_all >= 0
         if not sel.any():
             return []
-        tag_idx = batch.tag_idx[sel]
+        raised = self._raised[rule.id]
+        if len(raised) < len(self._tags):
+            raised = self._raised[rule.id] = np.r_[
+                raised, np.zeros(len(self._tags) - len(raised), np.bool_)
+            ]
+        gid = gid_all[sel]
         ts = batch.ts_ms[sel]
         v = batch.value[sel]
-        order = np.lexsort((ts, tag_idx))
-        t_i, ts, v = tag_idx[order], ts[order], v[order]
-        start = np.r_[True, t_i[1:] != t_i[:-1]]
-        raised = self._raised[rule.id]
-        paths = [batch.tags[int(i)].path for i in t_i[start].tolist()]
-        initial = np.array([p in raised for p in paths], np.bool_)
+        order = np.lexsort((ts, gid))
+        gid, ts, v = gid[order], ts[order], v[order]
+        start = np.r_[True, gid[1:] != gid[:-1]]
+        initial = raised[gid[start]]
         if rule.direction == "high":
             set_mask, reset_mask = v > rule.limit, v <= rule.clear_at
         else:
             set_mask, reset_mask = v < rule.limit, v >= rule.clear_at
         state = hysteresis(v, start, initial, set_mask=set_mask, reset_mask=reset_mask)
+        ends = np.r_[np.flatnonzero(start)[1:], len(gid)] - 1
+        raised[gid[ends]] = state[ends]
         prev = np.r_[False, state[:-1]]
         prev[start] = initial
         events = []
-        seg = np.cumsum(start) - 1
         for k in np.flatnonzero(state != prev).tolist():
-            path = paths[int(seg[k])]
+            ref = self._tags[int(gid[k])]
             up = bool(state[k])
-            (raised.add if up else raised.discard)(path)
-            unit = batch.tags[int(t_i[k])].unit
+            unit = ref.unit
             verb = "above" if rule.direction == "high" else "below"
             message = (
                 f"{v[k]:g} {unit} is {verb} the limit {rule.limit:g} {unit}"
@@ -140,7 +163,7 @@ class AlarmEngine:
                 Event(
                     kind="alarm",
                     rule=rule.id,
-                    path=path,
+                    path=ref.path,
                     ts_ms=int(ts[k]),
                     severity=rule.severity,
                     state="raised" if up else "cleared",

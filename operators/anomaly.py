@@ -27,6 +27,7 @@ within a batch, range extrema come from a sparse table; means use cumulative sum
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -34,7 +35,7 @@ import numpy.typing as npt
 
 from operators.errors import RuleError
 from operators.events import Event
-from operators.record import PointBatch, TagRef
+from operators.record import PointBatch, TableCache, TagRef
 from operators.validate import tag_matches
 
 __all__ = ["AnomalyDetector", "AnomalyRule"]
@@ -126,6 +127,9 @@ class AnomalyDetector:
             r.id: np.empty(0, np.int64) for r in rules
         }
         self.skipped: dict[str, int] = {}
+        self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
+            r.id: TableCache(partial(self._rule_lut, r)) for r in rules
+        }
 
     def _gid(self, ref: TagRef) -> int:
         gid = self._gid_of.get(ref)
@@ -144,16 +148,20 @@ class AnomalyDetector:
         events.sort(key=lambda e: (e.ts_ms, e.rule, e.path))
         return events
 
-    def _run(self, rule: AnomalyRule, batch: PointBatch) -> list[Event]:
+    def _rule_lut(self, rule: AnomalyRule, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int64]:
+        """Tag id of each table entry the rule applies to, -1 elsewhere."""
         cache = self._match[rule.id]
-        lut = np.full(len(batch.tags), -1, np.int64)
-        for i, ref in enumerate(batch.tags):
+        lut = np.full(len(tags), -1, np.int64)
+        for i, ref in enumerate(tags):
             m = cache.get(ref)
             if m is None:
                 m = cache[ref] = tag_matches(rule.tags, ref)
             if m:
                 lut[i] = self._gid(ref)
-        gid = lut[batch.tag_idx]
+        return lut
+
+    def _run(self, rule: AnomalyRule, batch: PointBatch) -> list[Event]:
+        gid = self._luts[rule.id].get(batch.tags)[batch.tag_idx]
         sel = gid >= 0
         if rule.ignore_below is not None:
             sel &= batch.value >= rule.ignore_below

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ __all__ = [
     "Point",
     "PointBatch",
     "Quality",
+    "TableCache",
     "TagRef",
     "Value",
     "ms_to_datetime",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 Value = float | bool | str
+T = TypeVar("T")
 
 ISA95_LEVELS = ("enterprise", "site", "area", "line", "machine")
 
@@ -245,6 +247,39 @@ class Point:
         except KeyError as e:
             msg = f"point is missing field {e.args[0]!r}"
             raise RecordError(msg) from e
+
+
+class TableCache(Generic[T]):
+    """Per-tag-table results keyed by the table's identity.
+
+    Sources reuse one tag-table tuple for all their batches, so operators resolve each table
+    (rules per tag, tag ids) once instead of once per batch. Entries hold the table itself,
+    which keeps its id valid; the cache is bounded and is not part of snapshots.
+    """
+
+    def __init__(self, build: Callable[[tuple[TagRef, ...]], T], *, size: int = 64) -> None:
+        self._build = build
+        self._size = size
+        self._items: dict[int, tuple[tuple[TagRef, ...], T]] = {}
+
+    def get(self, tags: tuple[TagRef, ...]) -> T:
+        """Return the cached result for ``tags``, building it on first sight."""
+        hit = self._items.get(id(tags))
+        if hit is not None and hit[0] is tags:
+            return hit[1]
+        value = self._build(tags)
+        if len(self._items) >= self._size:
+            self._items.pop(next(iter(self._items)))
+        self._items[id(tags)] = (tags, value)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"build": self._build, "size": self._size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._build = state["build"]
+        self._size = state["size"]
+        self._items = {}
 
 
 def _as_array(values: Any, dtype: npt.DTypeLike) -> npt.NDArray[Any]:

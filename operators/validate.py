@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.errors import RuleError
-from operators.record import DeadLetter, PointBatch, Quality, TagRef, ms_to_iso
+from operators.record import DeadLetter, PointBatch, Quality, TableCache, TagRef, ms_to_iso
 
 __all__ = [
     "RangeRule",
@@ -108,6 +108,21 @@ class _TagPlan:
     stale: bool
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _TablePlan:
+    """Everything a batch's tag table resolves to, as arrays indexed like the table."""
+
+    plans: list[_TagPlan]
+    lo: npt.NDArray[np.float64]
+    hi: npt.NDArray[np.float64]
+    factor: npt.NDArray[np.float64]
+    offset: npt.NDArray[np.float64]
+    converts: bool
+    stale: npt.NDArray[np.bool_]
+    out_tags: tuple[TagRef, ...]
+    gid: npt.NDArray[np.int64]
+
+
 class Validator:
     """Stateful (per stream shard) validator; keeps each tag's newest timestamp and value."""
 
@@ -125,6 +140,24 @@ class Validator:
         self._last_change = np.empty(0, np.int64)
         self._stale = np.empty(0, np.bool_)
         self.counts: dict[str, int] = {}
+        self._tables: TableCache[_TablePlan] = TableCache(self._table)
+
+    def _table(self, tags: tuple[TagRef, ...]) -> _TablePlan:
+        plans = [self._plan(t) for t in tags]
+        factor = np.array([p.factor for p in plans], np.float64)
+        offset = np.array([p.offset for p in plans], np.float64)
+        out_tags = tuple(p.out for p in plans)
+        return _TablePlan(
+            plans=plans,
+            lo=np.array([p.lo for p in plans], np.float64),
+            hi=np.array([p.hi for p in plans], np.float64),
+            factor=factor,
+            offset=offset,
+            converts=bool((factor != 1.0).any() or (offset != 0.0).any()),
+            stale=np.array([p.stale for p in plans], np.bool_),
+            out_tags=tags if out_tags == tags else out_tags,
+            gid=self._gids(tags),
+        )
 
     def _plan(self, ref: TagRef) -> _TagPlan:
         plan = self._plans.get(ref)
@@ -186,7 +219,8 @@ class Validator:
         if not n:
             return ValidationResult(batch, [])
         r = self.rules
-        plans = [self._plan(t) for t in batch.tags]
+        table = self._tables.get(batch.tags)
+        plans = table.plans
         reasons = [""] * n
         bad = np.zeros(n, np.bool_)
 
@@ -220,8 +254,8 @@ class Validator:
                     f"receive time (limit {r.max_past_ms / 1000:g}s)"
                 ),
             )
-        lo = np.array([p.lo for p in plans])[batch.tag_idx]
-        hi = np.array([p.hi for p in plans])[batch.tag_idx]
+        lo = table.lo[batch.tag_idx]
+        hi = table.hi[batch.tag_idx]
         flag(
             (batch.value < lo) | (batch.value > hi),
             lambda i: (
@@ -229,7 +263,7 @@ class Validator:
                 f"[{plans[batch.tag_idx[i]].lo:g}, {plans[batch.tag_idx[i]].hi:g}]"
             ),
         )
-        gid = self._gids(batch.tags)[batch.tag_idx]
+        gid = table.gid[batch.tag_idx]
         if r.dedupe:
             order = np.lexsort((batch.ts_ms, gid))
             g_s, t_s, ok_s = gid[order], batch.ts_ms[order], ~bad[order]
@@ -248,18 +282,15 @@ class Validator:
         ok_gid = gid[keep]
         newly_stale: list[tuple[TagRef, int]] = []
         if len(ok):
-            factor = np.array([p.factor for p in plans])
-            offset = np.array([p.offset for p in plans])
             value = ok.value
-            if (factor != 1.0).any() or (offset != 0.0).any():
-                value = value * factor[ok.tag_idx] + offset[ok.tag_idx]
+            if table.converts:
+                value = value * table.factor[ok.tag_idx] + table.offset[ok.tag_idx]
             quality = ok.quality
             if r.stale_after_ms is not None:
-                quality, newly_stale = self._stale_check(ok, ok_gid, value, plans)
+                quality, newly_stale = self._stale_check(ok, ok_gid, value, table.stale)
             else:
                 self._remember(ok_gid, ok.ts_ms, value)
-            tags = tuple(p.out for p in plans)
-            ok = ok.with_values(value, tags=tags, quality=quality)
+            ok = ok.with_values(value, tags=table.out_tags, quality=quality)
         return ValidationResult(ok, rejected, newly_stale)
 
     def _remember(
@@ -277,7 +308,7 @@ class Validator:
         ok: PointBatch,
         gid: npt.NDArray[np.int64],
         value: npt.NDArray[np.float64],
-        plans: list[_TagPlan],
+        stale_tags: npt.NDArray[np.bool_],
     ) -> tuple[npt.NDArray[np.uint8], list[tuple[TagRef, int]]]:
         assert self.rules.stale_after_ms is not None
         order = np.lexsort((ok.ts_ms, gid))
@@ -294,9 +325,9 @@ class Validator:
         floor = np.iinfo(np.int64).min // 4
         lifted = np.where(change_ts >= 0, change_ts, np.where(first, floor, -1)) + off
         last_change = np.maximum.accumulate(lifted) - off
-        stale_sorted = (t - last_change >= self.rules.stale_after_ms) & np.array(
-            [p.stale for p in plans]
-        )[ok.tag_idx[order]]
+        stale_sorted = (t - last_change >= self.rules.stale_after_ms) & stale_tags[
+            ok.tag_idx[order]
+        ]
         quality = ok.quality.copy()
         stale_pts = order[stale_sorted]
         quality[stale_pts] = np.maximum(quality[stale_pts], int(Quality.UNCERTAIN))

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.errors import RuleError
-from operators.record import ISA95_LEVELS, PointBatch, TagRef, ms_to_iso
+from operators.record import ISA95_LEVELS, PointBatch, TableCache, TagRef, ms_to_iso
 
 __all__ = [
     "POWER_UNITS",
@@ -300,6 +300,7 @@ class TumblingAggregator:
         self.idle_close = idle_close
         self._tags: list[TagRef] = []
         self._gid_of: dict[TagRef, int] = {}
+        self._luts: TableCache[npt.NDArray[np.int32]] = TableCache(self._gids)
         self._open: dict[int, _Open] = {}
         self._rollups: dict[tuple[int, int], list[Summary]] = {}
         self._closed_through: int | None = None
@@ -355,7 +356,7 @@ class TumblingAggregator:
         self.points_in += len(batch)
         self.points_late += len(late)
         if len(on_time):
-            gid = self._gids(on_time.tags)[on_time.tag_idx]
+            gid = self._luts.get(on_time.tags)[on_time.tag_idx]
             start = (on_time.ts_ms // self.window_ms) * self.window_ms
             keys, inverse = np.unique(start, return_inverse=True)
             for k, key in enumerate(keys.tolist()):
