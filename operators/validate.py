@@ -17,13 +17,21 @@ whose value has not changed for ``stale_after_ms`` as UNCERTAIN (they are still 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from operators.errors import RuleError
-from operators.record import DeadLetter, PointBatch, Quality, TableCache, TagRef, ms_to_iso
+from operators.record import (
+    DeadLetter,
+    Point,
+    PointBatch,
+    Quality,
+    TableCache,
+    TagRef,
+    ms_to_iso,
+)
 
 __all__ = [
     "RangeRule",
@@ -31,6 +39,7 @@ __all__ = [
     "ValidationResult",
     "ValidationRules",
     "Validator",
+    "coerce_points",
     "tag_matches",
 ]
 
@@ -345,3 +354,33 @@ class Validator:
         self._last_change[upd] = last_change[last][newer]
         self._stale[upd] = end_stale[newer]
         return quality, newly
+
+
+def coerce_points(
+    points: list[Point], *, text_tags: str | None = None, source: str = "", stage: str = "coerce"
+) -> tuple[PointBatch, list[Point], list[DeadLetter]]:
+    """Type coercion at the edge: numeric strings become floats, bools become 0/1.
+
+    Returns ``(numeric batch, text points, dead letters)``. Tags matching ``text_tags`` keep
+    their string values (states, modes) and travel as text points; any other string that is
+    not a number (e.g. ``"12,5"`` or ``"n/a"``) is rejected with the reason.
+    """
+    numeric: list[Point] = []
+    text: list[Point] = []
+    dead: list[DeadLetter] = []
+    for p in points:
+        if not isinstance(p.value, str):
+            numeric.append(p)
+            continue
+        if text_tags is not None and tag_matches(text_tags, p.ref):
+            text.append(p)
+            continue
+        try:
+            value = float(p.value.strip())
+        except ValueError:
+            reason = f"type: {p.path} value {p.value!r} is not a number"
+            dead.append(DeadLetter(stage, reason, p.to_dict(), source=p.source or source))
+            continue
+        numeric.append(replace(p, value=value))
+    batch, _ = PointBatch.from_points(numeric, source=source)
+    return batch, text, dead

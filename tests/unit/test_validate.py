@@ -173,3 +173,35 @@ def test_accepted_order_is_preserved():
     res = Validator(ValidationRules()).process(batch(rows))
     assert res.ok.ts_ms.tolist() == [5000, 1000, 3000]
     assert np.array_equal(res.ok.value, [5000.0, 1000.0, 3000.0])
+
+
+@pytest.mark.parametrize(
+    ("value", "numeric", "text", "dead"),
+    [
+        (12.5, [12.5], [], []),
+        (True, [1.0], [], []),
+        (" 42 ", [42.0], [], []),
+        ("1e3", [1000.0], [], []),
+        ("12,5", [], [], ["type"]),
+        ("n/a", [], [], ["type"]),
+    ],
+)
+def test_coerce_points(value, numeric, text, dead):
+    from operators.record import Isa95, Point
+    from operators.validate import coerce_points
+
+    p = Point(1000, Isa95("e", "s", "a", "l", "m"), "power", value, unit="kW")
+    batch, texts, letters = coerce_points([p], source="mqtt")
+    assert batch.value.tolist() == numeric
+    assert [t.value for t in texts] == text
+    assert [d.reason.split(":")[0] for d in letters] == dead
+
+
+def test_coerce_keeps_declared_text_tags():
+    from operators.record import Isa95, Point
+    from operators.validate import coerce_points
+
+    ctx = Isa95("e", "s", "a", "l", "m")
+    pts = [Point(1, ctx, "mode", "RUNNING"), Point(1, ctx, "power", "5")]
+    batch, texts, letters = coerce_points(pts, text_tags="mode")
+    assert [t.tag for t in texts] == ["mode"] and batch.value.tolist() == [5.0] and letters == []
