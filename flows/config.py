@@ -7,6 +7,9 @@ message names the file and every bad field by its path (``operators.1.window_ms`
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +43,11 @@ __all__ = [
     "EdgeflowSettings",
     "FaultConfig",
     "FileSink",
+    "KafkaConnection",
+    "KafkaInput",
+    "KafkaSinkConfig",
+    "TimescaleSinkConfig",
+    "expand_env",
     "InputConfig",
     "OperatorConfig",
     "RangeConfig",
@@ -60,7 +68,7 @@ StreamName = Literal["raw", "points", "aggregates", "kpis", "events", "late", "d
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class SiteIdentity(_Model):
@@ -122,7 +130,38 @@ class SimulatorInput(_Model):
         return v
 
 
-InputConfig = Annotated[SimulatorInput, Field(discriminator="type")]
+class KafkaConnection(_Model):
+    """Broker address plus librdkafka settings passed through (SASL/TLS)."""
+
+    bootstrap_servers: str = Field(min_length=1)
+    config: dict[str, str] = Field(
+        default_factory=dict, description="e.g. security.protocol, sasl.mechanism, ssl.ca.location"
+    )
+    sasl_password: SecretStr | None = None
+
+    def client_config(self) -> dict[str, str]:
+        """Return the librdkafka settings, secrets included."""
+        cfg = dict(self.config)
+        if self.sasl_password is not None:
+            cfg["sasl.password"] = self.sasl_password.get_secret_value()
+        return cfg
+
+
+class KafkaInput(_Model):
+    """Point batches from a raw topic (written by an edge flow's kafka sink)."""
+
+    type: Literal["kafka"]
+    id: str = "kafka"
+    kafka: KafkaConnection
+    topic: str = "edgeflow.raw"
+    start: Literal["earliest", "latest"] = "earliest"
+    start_time: datetime | None = Field(default=None, description="seek by time (aware)")
+    end_time: datetime | None = Field(default=None, description="bounded replay: stop here")
+    batch_size: int = Field(default=5000, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+
+InputConfig = Annotated[SimulatorInput | KafkaInput, Field(discriminator="type")]
 
 
 # -- operators -------------------------------------------------------------------------------
@@ -178,6 +217,9 @@ class AggregateOp(_Model):
         default=True,
         description="advance the watermark with wall time so idle tags' windows close; "
         "turn off for deterministic replays",
+    )
+    reopen_horizon_ms: int | None = Field(
+        default=None, ge=0, description="how long closed windows can be reopened; default window_ms"
     )
 
     @model_validator(mode="after")
@@ -345,7 +387,46 @@ class FileSink(_Model):
     streams: tuple[StreamName, ...] = ("aggregates", "events", "late", "dead_letters")
 
 
-SinkConfig = Annotated[ConsoleSink | FileSink, Field(discriminator="type")]
+class KafkaSinkConfig(_Model):
+    """Streams to Kafka topics; points are keyed by tag path (see connectors.codec)."""
+
+    type: Literal["kafka"]
+    id: str = "kafka"
+    kafka: KafkaConnection
+    topics: dict[StreamName, str] = Field(
+        default_factory=lambda: {  # type: ignore[arg-type,return-value]
+            "raw": "edgeflow.raw",
+            "aggregates": "edgeflow.aggregates",
+            "events": "edgeflow.events",
+            "dead_letters": "edgeflow.dead_letters",
+        }
+    )
+    encoding: Literal["binary", "json"] = "binary"
+    delivery_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class TimescaleSinkConfig(_Model):
+    """PostgreSQL / TimescaleDB tables with upserts on the natural keys."""
+
+    type: Literal["timescaledb"]
+    id: str = "timescaledb"
+    dsn: SecretStr
+    db_schema: str = Field(default="edgeflow", alias="schema", pattern=r"^[A-Za-z_][\w]*$")
+    streams: tuple[Literal["raw", "points", "aggregates", "events", "kpis"], ...] = (
+        "aggregates",
+        "events",
+        "kpis",
+    )
+    use_timescale: bool = True
+    compress_after: str | None = Field(default=None, description="e.g. '7 days'")
+    retain_for: str | None = Field(default=None, description="e.g. '90 days'")
+    max_buffer_rows: int = Field(default=1_000_000, gt=0)
+    overflow: Literal["block", "fail"] = "block"
+
+
+SinkConfig = Annotated[
+    ConsoleSink | FileSink | KafkaSinkConfig | TimescaleSinkConfig, Field(discriminator="type")
+]
 
 
 class SiteConfig(_Model):
@@ -367,6 +448,25 @@ class SiteConfig(_Model):
             msg = f"ids must be unique; repeated: {', '.join(dups)}"
             raise ValueError(msg)
         return items
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in a site file; unknown VAR is an error."""
+    source = os.environ if env is None else env
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in source:
+            return source[name]
+        if default is not None:
+            return default
+        msg = f"site config uses ${{{name}}} but it is not set (use ${{{name}:-default}})"
+        raise ConfigError(msg)
+
+    return _ENV.sub(repl, text)
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -394,7 +494,7 @@ def load_site(path: str | Path) -> SiteConfig:
         msg = f"cannot read site config {p}: {e.strerror or e}"
         raise ConfigError(msg) from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(expand_env(text))
     except yaml.YAMLError as e:
         msg = f"site config {p} is not valid YAML: {e}"
         raise ConfigError(msg) from e

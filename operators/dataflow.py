@@ -23,7 +23,7 @@ from operators.alarm import AlarmEngine, AlarmRule
 from operators.anomaly import AnomalyDetector, AnomalyRule
 from operators.events import Event
 from operators.kpi import Kpi
-from operators.record import DeadLetter, PointBatch, now_ms
+from operators.record import DeadLetter, PointBatch, ms_to_iso, now_ms
 from operators.validate import ValidationRules, Validator
 from operators.window import TumblingAggregator, WindowAggregates, window_label
 
@@ -146,6 +146,7 @@ def aggregate(
     rollup_ms: tuple[int, ...] = (900_000,),
     allowed_lateness_ms: int = 0,
     idle_close: bool = True,
+    reopen_horizon_ms: int | None = None,
 ) -> AggregateOut:
     """Event-time tumbling-window aggregates per tag; see :mod:`operators.window`."""
     # Fail at build time, not on the first item, when parameters are wrong.
@@ -154,6 +155,7 @@ def aggregate(
         rollup_ms=rollup_ms,
         allowed_lateness_ms=allowed_lateness_ms,
         idle_close=idle_close,
+        reopen_horizon_ms=reopen_horizon_ms,
     )
 
     def builder(resume: TumblingAggregator | None) -> _AggLogic:
@@ -162,6 +164,7 @@ def aggregate(
             rollup_ms=rollup_ms,
             allowed_lateness_ms=allowed_lateness_ms,
             idle_close=idle_close,
+            reopen_horizon_ms=reopen_horizon_ms,
         )
         return _AggLogic(agg, step_id)
 
@@ -180,7 +183,7 @@ def late_dead_letters(batch: PointBatch, *, stage: str, window_ms: int) -> list[
         out.append(
             DeadLetter(
                 stage,
-                f"late: {label} window starting {start} already closed",
+                f"late: {label} window starting {ms_to_iso(start)} is closed for this tag",
                 p.to_dict(),
                 source=p.source,
             )

@@ -182,6 +182,7 @@ class WindowAggregates:
     twa: F64
     integral: F64
     closed_by: str = "watermark"
+    revision: int = 0
 
     @classmethod
     def from_summary(
@@ -192,6 +193,7 @@ class WindowAggregates:
         start_ms: int,
         tags: list[TagRef],
         closed_by: str = "watermark",
+        revision: int = 0,
     ) -> WindowAggregates:
         """Finalise a summary into aggregates (mean, std, time-weighted mean)."""
         s = summary
@@ -216,6 +218,7 @@ class WindowAggregates:
             twa=twa,
             integral=s.integral,
             closed_by=closed_by,
+            revision=revision,
         )
 
     def __len__(self) -> int:
@@ -256,24 +259,55 @@ class WindowAggregates:
             row["energy"] = integral[i] / _MS_PER_HOUR if energy_unit else None
             row["energy_unit"] = energy_unit
             row["closed_by"] = self.closed_by
+            row["revision"] = self.revision
             out.append(row)
         return out
 
 
 @dataclass(slots=True)
-class _Open:
-    """Raw point buffers of one open base window."""
+class _Buf:
+    """Raw points of one base window (kept after closing while it may still be reopened)."""
 
     gid: list[npt.NDArray[np.int32]] = field(default_factory=list)
     ts: list[I64] = field(default_factory=list)
     value: list[F64] = field(default_factory=list)
+    revision: int = -1  # -1: never emitted
+
+    def add(self, gid: npt.NDArray[np.int32], ts: I64, value: F64) -> None:
+        self.gid.append(gid)
+        self.ts.append(ts)
+        self.value.append(value)
+
+    def summary(self) -> Summary:
+        if len(self.gid) > 1:  # compact: later summaries reuse the concatenation
+            self.gid = [np.concatenate(self.gid)]
+            self.ts = [np.concatenate(self.ts)]
+            self.value = [np.concatenate(self.value)]
+        return summarize(self.gid[0], self.ts[0], self.value[0])
+
+
+@dataclass(slots=True)
+class _Rollup:
+    parts: dict[int, Summary] = field(default_factory=dict)
+    revision: int = -1
 
 
 class TumblingAggregator:
     """Event-time tumbling windows over point batches for one shard (site) of the stream.
 
     Call :meth:`add` with each batch, :meth:`advance` when wall time passes, :meth:`flush` at
-    end of input. All three return the windows that closed, oldest first.
+    end of input. All three return the windows that closed (or changed), oldest first.
+
+    Lateness is decided per tag, from the tag's own order: a point is late when its tag has
+    already delivered a point at or past ``window end + allowed_lateness``. Windows close (and
+    are emitted) when the shard watermark passes their end; the watermark is the minimum over
+    input sources (e.g. Kafka partitions) of the newest event time each delivered, minus the
+    allowed lateness, so a fast partition cannot close windows a slow one still feeds. A point
+    that is on time for its tag but whose window already closed reopens it: the window is
+    re-emitted with ``revision + 1`` (same natural key; sinks upsert). Windows stay reopenable
+    for ``reopen_horizon_ms`` past their end; a point for an older window is late
+    ("expired"). Final results therefore depend only on each tag's own order, which Kafka
+    keeps per partition: a replay ends with the same rows as the live run.
     """
 
     def __init__(
@@ -283,6 +317,7 @@ class TumblingAggregator:
         rollup_ms: tuple[int, ...] = (900_000,),
         allowed_lateness_ms: int = 0,
         idle_close: bool = True,
+        reopen_horizon_ms: int | None = None,
     ) -> None:
         if window_ms <= 0:
             msg = f"window_ms must be positive, got {window_ms}"
@@ -298,36 +333,41 @@ class TumblingAggregator:
         self.rollup_ms = tuple(sorted(set(rollup_ms)))
         self.allowed_lateness_ms = allowed_lateness_ms
         self.idle_close = idle_close
+        self.reopen_horizon_ms = window_ms if reopen_horizon_ms is None else reopen_horizon_ms
         self._tags: list[TagRef] = []
         self._gid_of: dict[TagRef, int] = {}
         self._luts: TableCache[npt.NDArray[np.int32]] = TableCache(self._gids)
-        self._open: dict[int, _Open] = {}
-        self._rollups: dict[tuple[int, int], list[Summary]] = {}
+        self._tag_max = np.empty(0, np.int64)
+        self._open: dict[int, _Buf] = {}
+        self._closed: dict[int, _Buf] = {}
+        self._rollups: dict[tuple[int, int], _Rollup] = {}
         self._closed_through: int | None = None
+        self._source_max: dict[str, int] = {}
         self._max_event_ms: int | None = None
         self._wall_at_max_ms = 0
         self.points_in = 0
         self.points_late = 0
+        self.reemitted = 0
 
     # -- state ---------------------------------------------------------------------------
     @property
     def closed_through_ms(self) -> int | None:
-        """End of the newest closed base window; points before it are late."""
+        """End of the newest closed base window."""
         return self._closed_through
 
     def watermark_ms(self, now_wall_ms: int) -> int | None:
         """Return the current watermark, or None before the first point."""
-        if self._max_event_ms is None:
+        if not self._source_max or self._max_event_ms is None:
             return None
         idle = max(0, now_wall_ms - self._wall_at_max_ms) if self.idle_close else 0
-        return self._max_event_ms + idle - self.allowed_lateness_ms
+        return min(self._source_max.values()) + idle - self.allowed_lateness_ms
 
     def next_close_wall_ms(self) -> int | None:
         """Wall time at which the oldest open window closes if no newer event arrives."""
-        if not self._open or not self.idle_close or self._max_event_ms is None:
+        if not self._open or not self.idle_close or not self._source_max:
             return None
         end = min(self._open) + self.window_ms
-        lag = end + self.allowed_lateness_ms - self._max_event_ms
+        lag = end + self.allowed_lateness_ms - min(self._source_max.values())
         return self._wall_at_max_ms + max(lag, 0)
 
     def _gids(self, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int32]:
@@ -338,90 +378,153 @@ class TumblingAggregator:
                 gid = self._gid_of[ref] = len(self._tags)
                 self._tags.append(ref)
             lut[i] = gid
+        if len(self._tag_max) < len(self._tags):
+            grow = len(self._tags) - len(self._tag_max)
+            self._tag_max = np.r_[self._tag_max, np.full(grow, np.iinfo(np.int64).min // 2)]
         return lut
+
+    def _tag_late(self, gid: npt.NDArray[np.int32], ts: I64) -> npt.NDArray[np.bool_]:
+        """Flag points whose tag already passed their window end plus the lateness."""
+        order = np.argsort(gid, kind="stable")
+        g, t = gid[order].astype(np.int64), ts[order]
+        brk = np.r_[True, g[1:] != g[:-1]]
+        off = (np.cumsum(brk) - 1) << 44  # ts < 2**43: runs never mix in the scan
+        run = np.maximum.accumulate(t + off) - off
+        prev = np.r_[np.iinfo(np.int64).min // 2, run[:-1]]
+        prev[brk] = np.iinfo(np.int64).min // 2
+        prev = np.maximum(prev, self._tag_max[g])
+        end = (t // self.window_ms + 1) * self.window_ms
+        late_sorted = end + self.allowed_lateness_ms <= prev
+        last = np.r_[brk[1:], True]
+        self._tag_max[g[last]] = np.maximum(self._tag_max[g[last]], run[last])
+        late = np.empty(len(ts), np.bool_)
+        late[order] = late_sorted
+        return late
 
     # -- input ---------------------------------------------------------------------------
     def add(self, batch: PointBatch, now_wall_ms: int) -> tuple[list[WindowAggregates], PointBatch]:
-        """Buffer a batch; return ``(closed windows, late points)``."""
+        """Buffer a batch; return ``(closed or re-emitted windows, late points)``."""
         if not len(batch):
             return self.advance(now_wall_ms), batch
-        ts = batch.ts_ms
-        late_mask = (
-            ts < self._closed_through
-            if self._closed_through is not None
-            else np.zeros(len(ts), np.bool_)
-        )
-        late = batch.select(late_mask) if late_mask.any() else PointBatch.empty()
-        on_time = batch.select(~late_mask) if len(late) else batch
         self.points_in += len(batch)
-        self.points_late += len(late)
-        if len(on_time):
-            gid = self._luts.get(on_time.tags)[on_time.tag_idx]
-            start = (on_time.ts_ms // self.window_ms) * self.window_ms
-            keys, inverse = np.unique(start, return_inverse=True)
+        gid = self._luts.get(batch.tags)[batch.tag_idx]
+        ts = batch.ts_ms
+        late = self._tag_late(gid, ts)
+        start = (ts // self.window_ms) * self.window_ms
+        if self._closed_through is not None:
+            wm = self.watermark_ms(now_wall_ms)
+            floor = -(1 << 62) if wm is None else wm - self.reopen_horizon_ms
+            expired = ~late & (start < self._closed_through) & (start + self.window_ms <= floor)
+            expired &= (
+                np.fromiter((s not in self._closed for s in start.tolist()), np.bool_, len(start))
+                if expired.any()
+                else expired
+            )
+            late |= expired
+        late_batch = batch.select(late) if late.any() else PointBatch.empty()
+        self.points_late += len(late_batch)
+        keep = ~late
+        dirty: set[int] = set()
+        if keep.any():
+            gid_k, ts_k, val_k, start_k = gid[keep], ts[keep], batch.value[keep], start[keep]
+            keys, inverse = np.unique(start_k, return_inverse=True)
             for k, key in enumerate(keys.tolist()):
                 sel = inverse == k if len(keys) > 1 else slice(None)
-                buf = self._open.setdefault(key, _Open())
-                buf.gid.append(gid[sel])
-                buf.ts.append(on_time.ts_ms[sel])
-                buf.value.append(on_time.value[sel])
-            newest = int(on_time.ts_ms.max())
+                if self._closed_through is not None and key < self._closed_through:
+                    buf = self._closed.setdefault(key, _Buf())
+                    dirty.add(key)
+                else:
+                    buf = self._open.setdefault(key, _Buf())
+                buf.add(gid_k[sel], ts_k[sel], val_k[sel])
+            newest = int(ts_k.max())
+            src = batch.source or "_"
+            if newest > self._source_max.get(src, np.iinfo(np.int64).min):
+                self._source_max[src] = newest
             if self._max_event_ms is None or newest > self._max_event_ms:
                 self._max_event_ms = newest
                 self._wall_at_max_ms = now_wall_ms
-        return self.advance(now_wall_ms), late
+        out = self._reemit(dirty, "reopened") if dirty else []
+        return out + self.advance(now_wall_ms), late_batch
 
     def advance(self, now_wall_ms: int) -> list[WindowAggregates]:
-        """Close every window the watermark has passed."""
+        """Close every window the watermark has passed; forget windows past the horizon."""
         wm = self.watermark_ms(now_wall_ms)
         if wm is None:
             return []
         through = (wm // self.window_ms) * self.window_ms
-        if self._closed_through is not None and through <= self._closed_through:
-            return []
-        return self._close_through(through)
+        out = []
+        if self._closed_through is None or through > self._closed_through:
+            out = self._close_through(through)
+        floor = wm - self.reopen_horizon_ms
+        for start in [s for s in self._closed if s + self.window_ms <= floor]:
+            del self._closed[start]
+        for key in [
+            k for k, r in self._rollups.items() if r.revision >= 0 and k[1] + k[0] <= floor
+        ]:
+            del self._rollups[key]
+        return out
 
     def flush(self) -> list[WindowAggregates]:
         """Close all windows (end of input)."""
-        if not self._open and not self._rollups:
+        if not self._open and not any(r.revision < 0 for r in self._rollups.values()):
             return []
         ends = [s + self.window_ms for s in self._open]
-        ends += [s + r for (r, s) in self._rollups]
+        ends += [s + r for (r, s), ru in self._rollups.items() if ru.revision < 0]
         return self._close_through(max(ends), closed_by="eof")
+
+    def _emit(
+        self, summary: Summary, window_ms: int, start: int, closed_by: str, revision: int
+    ) -> WindowAggregates:
+        return WindowAggregates.from_summary(
+            summary,
+            window_ms=window_ms,
+            start_ms=start,
+            tags=self._tags,
+            closed_by=closed_by,
+            revision=revision,
+        )
+
+    def _reemit(self, starts: set[int], closed_by: str) -> list[WindowAggregates]:
+        out = []
+        touched: set[tuple[int, int]] = set()
+        for start in sorted(starts):
+            buf = self._closed[start]
+            summary = buf.summary()
+            buf.revision += 1
+            self.reemitted += 1
+            out.append(self._emit(summary, self.window_ms, start, closed_by, buf.revision))
+            for r in self.rollup_ms:
+                key = (r, start - start % r)
+                self._rollups.setdefault(key, _Rollup()).parts[start] = summary
+                touched.add(key)
+        for key in sorted(touched, key=lambda k: (k[1] + k[0], k[0])):
+            ru = self._rollups[key]
+            if ru.revision >= 0:  # already emitted: emit the corrected rollup
+                ru.revision += 1
+                parts = [ru.parts[s] for s in sorted(ru.parts)]
+                out.append(self._emit(combine(parts), key[0], key[1], closed_by, ru.revision))
+        return out
 
     def _close_through(self, through: int, closed_by: str = "watermark") -> list[WindowAggregates]:
         out: list[WindowAggregates] = []
         for start in sorted(s for s in self._open if s + self.window_ms <= through):
             buf = self._open.pop(start)
-            summary = summarize(
-                np.concatenate(buf.gid), np.concatenate(buf.ts), np.concatenate(buf.value)
-            )
-            out.append(
-                WindowAggregates.from_summary(
-                    summary,
-                    window_ms=self.window_ms,
-                    start_ms=start,
-                    tags=self._tags,
-                    closed_by=closed_by,
-                )
-            )
+            summary = buf.summary()
+            buf.revision = 0
+            self._closed[start] = buf
+            out.append(self._emit(summary, self.window_ms, start, closed_by, 0))
             for r in self.rollup_ms:
-                self._rollups.setdefault((r, start - start % r), []).append(summary)
+                self._rollups.setdefault((r, start - start % r), _Rollup()).parts[start] = summary
         self._closed_through = (
             through if self._closed_through is None else max(through, self._closed_through)
         )
-        for r, start in sorted(self._rollups, key=lambda k: (k[1] + k[0], k[0])):
-            if start + r <= self._closed_through:
-                parts = self._rollups.pop((r, start))
-                out.append(
-                    WindowAggregates.from_summary(
-                        combine(parts),
-                        window_ms=r,
-                        start_ms=start,
-                        tags=self._tags,
-                        closed_by=closed_by,
-                    )
-                )
+        for (r, start), ru in sorted(
+            self._rollups.items(), key=lambda kv: (kv[0][1] + kv[0][0], kv[0][0])
+        ):
+            if ru.revision < 0 and start + r <= self._closed_through:
+                ru.revision = 0
+                parts = [ru.parts[s] for s in sorted(ru.parts)]
+                out.append(self._emit(combine(parts), r, start, closed_by, 0))
         return out
 
     def open_windows(self) -> list[int]:
