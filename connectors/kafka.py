@@ -15,13 +15,13 @@ Security settings (``security.protocol``, ``sasl.*``, ``ssl.*``) pass through un
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from typing_extensions import override
 
@@ -165,64 +165,112 @@ def end_offsets(
         consumer.close()
 
 
-class _SourcePartition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
-    def __init__(self, src: KafkaPointsSource, partition: int, resume: int | None) -> None:
-        self.src = src
-        self.partition = partition
-        self.consumer = _consumer(src.bootstrap_servers, src.config)
-        self.table = TagTable()
-        self.stop_at = None if src.stop_offsets is None else src.stop_offsets.get(partition)
-        if resume is not None:
-            offset = resume
-        elif src.start_ms is not None:
-            (tp,) = self.consumer.offsets_for_times(
-                [KafkaTopicPartition(src.topic, partition, src.start_ms)], timeout=10
-            )
-            offset = tp.offset if tp.offset >= 0 else OFFSET_END
-        else:
-            offset = OFFSET_BEGINNING if src.start == "earliest" else OFFSET_END
-        if offset in (OFFSET_BEGINNING, OFFSET_END):
-            # A real offset lets a bounded read know when it is done, even on empty partitions.
-            low, high = self.consumer.get_watermark_offsets(
-                KafkaTopicPartition(src.topic, partition), timeout=src.connect_timeout_s
-            )
-            offset = low if offset == OFFSET_BEGINNING else high
-        self.next_offset = offset
-        self.consumer.assign([KafkaTopicPartition(src.topic, partition, offset)])
+class _SourcePartition(StatefulSourcePartition[PointBatch | DeadLetter, dict[int, int]]):
+    """Reads all assigned Kafka partitions and releases messages merged by timestamp.
 
-    def _done(self) -> bool:
-        return (
-            self.stop_at is not None
-            and self.next_offset >= 0
-            and (self.next_offset >= self.stop_at)
+    One reader for the partitions (instead of one Bytewax partition each) keeps tags from
+    different partitions progressing together in event time, so a replay does not close
+    windows that another partition still feeds. A message is released once every partition
+    that is not caught up has fetched something at least as new; the snapshot is, per
+    partition, the offset of the first message not yet released.
+    """
+
+    def __init__(self, src: KafkaPointsSource, resume: dict[int, int] | None) -> None:
+        self.src = src
+        self.consumer = _consumer(
+            src.bootstrap_servers, {**src.config, "enable.partition.eof": True}
         )
+        self.table = TagTable()
+        parts: tuple[int, ...] = src.partitions or ()
+        self.next_offset: dict[int, int] = {}
+        assign = []
+        for p in parts:
+            tp = KafkaTopicPartition(src.topic, p)
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=src.connect_timeout_s)
+            if resume is not None and p in resume:
+                offset = resume[p]
+            elif src.start_ms is not None:
+                (found,) = self.consumer.offsets_for_times(
+                    [KafkaTopicPartition(src.topic, p, src.start_ms)], timeout=src.connect_timeout_s
+                )
+                offset = found.offset if found.offset >= 0 else high
+            else:
+                offset = low if src.start == "earliest" else high
+            self.next_offset[p] = offset
+            assign.append(KafkaTopicPartition(src.topic, p, offset))
+        self.consumer.assign(assign)
+        self.pending: dict[int, list[Any]] = {p: [] for p in parts}
+        self.caught_up: dict[int, bool] = {p: False for p in parts}
+        self.stop_at = src.stop_offsets or {}
+
+    def _finished(self, p: int) -> bool:
+        stop = self.stop_at.get(p)
+        return stop is not None and self.next_offset[p] >= stop and not self.pending[p]
 
     @override
     def next_batch(self) -> list[PointBatch | DeadLetter]:
-        if self._done():
+        if self.stop_at and all(self._finished(p) for p in self.pending):
             raise StopIteration
-        msgs = self.consumer.consume(self.src.batch_size, timeout=0)
-        if not msgs:
+        for m in self.consumer.consume(self.src.batch_size, timeout=0):
+            err = m.error()
+            p = int(m.partition() or 0)
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.caught_up[p] = True
+                    continue
+                msg = f"Kafka error on {self.src.topic}[{p}]: {err}"
+                raise SourceError(msg)
+            stop = self.stop_at.get(p)
+            if stop is not None and int(m.offset() or 0) >= stop:
+                self.caught_up[p] = True
+                continue
+            self.caught_up[p] = False
+            self.pending[p].append(m)
+        # Release up to the oldest "newest fetched" time among partitions that are behind.
+        bounds = [
+            msgs[-1].timestamp()[1]
+            for p, msgs in self.pending.items()
+            if msgs and not self.caught_up[p]
+        ]
+        behind = [
+            p
+            for p, msgs in self.pending.items()
+            if not msgs and not self.caught_up[p] and not self._finished(p)
+        ]
+        if behind:
             return []
+        bound = min(bounds) if bounds else None
+        ready: list[tuple[int, int, int, Any]] = []
+        for p, msgs in self.pending.items():
+            k = 0
+            while k < len(msgs) and (bound is None or msgs[k].timestamp()[1] <= bound):
+                m = msgs[k]
+                ready.append((m.timestamp()[1], p, int(m.offset() or 0), m))
+                k += 1
+            if k:
+                self.next_offset[p] = int(msgs[k - 1].offset() or 0) + 1
+                del msgs[:k]
+        if not ready:
+            return []
+        ready.sort(key=lambda r: r[:3])
+        return self._decode([r[3] for r in ready])
+
+    def _decode(self, msgs: list[Any]) -> list[PointBatch | DeadLetter]:
         out: list[PointBatch | DeadLetter] = []
         idx, ts, val, q = [], [], [], []
         received = 0
         for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                msg = f"Kafka error on {self.src.topic}[{self.partition}]: {err}"
-                raise SourceError(msg)
-            offset = int(m.offset() or 0)
-            if self.stop_at is not None and offset >= self.stop_at:
-                self.next_offset = offset
-                break
-            self.next_offset = offset + 1
             try:
                 path, unit, t, v, qq = decode_points(m.key(), m.value())
             except CodecError as e:
-                out.append(DeadLetter("kafka", str(e), m.value() or b"", source=self.src.topic))
+                out.append(
+                    DeadLetter(
+                        "kafka",
+                        str(e),
+                        m.value() or b"",
+                        source=f"{self.src.topic}:{m.partition()}",
+                    )
+                )
                 continue
             if self.src.start_ms is not None or self.src.end_ms is not None:
                 keep = np.ones(len(t), np.bool_)
@@ -253,8 +301,8 @@ class _SourcePartition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
         return out
 
     @override
-    def snapshot(self) -> int:
-        return self.next_offset
+    def snapshot(self) -> dict[int, int]:
+        return dict(self.next_offset)
 
     @override
     def close(self) -> None:
@@ -262,12 +310,13 @@ class _SourcePartition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
 
 
 @dataclass(frozen=True)
-class KafkaPointsSource(FixedPartitionedSource[PointBatch | DeadLetter, int]):
+class KafkaPointsSource(FixedPartitionedSource[PointBatch | DeadLetter, dict[int, int]]):
     """Read point batches from ``topic``; undecodable messages become dead letters.
 
     ``start``: ``earliest``/``latest`` (without a snapshot), or ``start_ms`` to seek by
-    message time; ``end_ms`` bounds a replay (points at or after it are dropped from the read
-    and the partition ends once its messages pass it, via ``stop_offsets``).
+    message time; ``end_ms`` drops points at or after it and ``stop_offsets`` (per Kafka
+    partition) bounds a replay. ``partitions`` limits the reader to some Kafka partitions
+    (run several processors on disjoint subsets to scale out); default: all.
     """
 
     bootstrap_servers: str
@@ -276,15 +325,27 @@ class KafkaPointsSource(FixedPartitionedSource[PointBatch | DeadLetter, int]):
     start_ms: int | None = None
     end_ms: int | None = None
     stop_offsets: dict[int, int] | None = None
+    partitions: tuple[int, ...] | None = None
     batch_size: int = 5000
     connect_timeout_s: float = 10.0
     config: dict[str, Any] = field(default_factory=dict)
 
     @override
     def list_parts(self) -> list[str]:
-        parts = _partitions(self.bootstrap_servers, self.topic, self.config, self.connect_timeout_s)
-        return [f"{self.topic}:{p}" for p in parts]
+        available = _partitions(
+            self.bootstrap_servers, self.topic, self.config, self.connect_timeout_s
+        )
+        wanted = available if self.partitions is None else sorted(self.partitions)
+        missing = set(wanted) - set(available)
+        if missing:
+            msg = f"Kafka topic {self.topic!r} has no partitions {sorted(missing)}"
+            raise SourceError(msg)
+        return [f"{self.topic}:" + ",".join(map(str, wanted))]
 
     @override
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SourcePartition:
-        return _SourcePartition(self, int(for_part.rsplit(":", 1)[1]), resume_state)
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[int, int] | None
+    ) -> _SourcePartition:
+        parts = tuple(int(p) for p in for_part.rsplit(":", 1)[1].split(","))
+        src = self if self.partitions == parts else replace(self, partitions=parts)
+        return _SourcePartition(src, resume_state)

@@ -346,6 +346,14 @@ def _kafka_source(inp: KafkaInput) -> KafkaPointsSource:
     start_ms = None if inp.start_time is None else to_ms(inp.start_time)
     end_ms = None if inp.end_time is None else to_ms(inp.end_time)
     stop = None
+    if end_ms is None and inp.bounded:
+        stop = end_offsets(
+            inp.kafka.bootstrap_servers,
+            inp.topic,
+            end_ms=None,
+            config=cfg,
+            timeout_s=inp.connect_timeout_s,
+        )
     if end_ms is not None:
         # Messages are stamped with the edge receive time, which trails event time: read on a
         # little past the end and let the point filter cut exactly at end_ms.

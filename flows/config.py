@@ -157,6 +157,9 @@ class KafkaInput(_Model):
     start: Literal["earliest", "latest"] = "earliest"
     start_time: datetime | None = Field(default=None, description="seek by time (aware)")
     end_time: datetime | None = Field(default=None, description="bounded replay: stop here")
+    bounded: bool = Field(
+        default=False, description="stop at the topic's end offsets as of start (replays)"
+    )
     batch_size: int = Field(default=5000, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
 
@@ -509,6 +512,6 @@ class EdgeflowSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDGEFLOW_", extra="ignore")
 
-    site: Path = DEMO_SITE
+    site: Path = Field(default=DEMO_SITE, description="site file; default depends on the flow")
     out_dir: Path | None = Field(default=None, description="overrides every file sink's dir")
     log_level: str = "INFO"

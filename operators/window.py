@@ -411,6 +411,7 @@ class TumblingAggregator:
         ts = batch.ts_ms
         late = self._tag_late(gid, ts)
         start = (ts // self.window_ms) * self.window_ms
+        expired = np.zeros(len(ts), np.bool_)
         if self._closed_through is not None:
             wm = self.watermark_ms(now_wall_ms)
             floor = -(1 << 62) if wm is None else wm - self.reopen_horizon_ms
@@ -421,7 +422,19 @@ class TumblingAggregator:
                 else expired
             )
             late |= expired
-        late_batch = batch.select(late) if late.any() else PointBatch.empty()
+        late_batch = PointBatch.empty()
+        if late.any():
+            late_batch = batch.select(late)
+            late_batch = PointBatch(
+                late_batch.tags,
+                late_batch.tag_idx,
+                late_batch.ts_ms,
+                late_batch.value,
+                late_batch.quality,
+                source=batch.source,
+                received_ms=batch.received_ms,
+                extra={"expired": expired[late]},
+            )
         self.points_late += len(late_batch)
         keep = ~late
         dirty: set[int] = set()
