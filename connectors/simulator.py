@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
@@ -106,7 +107,23 @@ class _SimPartition(StatefulSourcePartition[PointBatch, _SimState]):
             return []
         batch = self.site.step(ticks)
         if self.disorder is not None:
-            batch = self.disorder.apply(batch, self.site.now_ms)
+            # Tick by tick, so the arrival order does not depend on how ticks were batched.
+            n = len(self.site.tags)
+            interval = self.site.interval_ms
+            parts = []
+            for k in range(ticks):
+                tick = batch.select(np.arange(len(batch)) // n == k)
+                parts.append(self.disorder.apply(tick, int(tick.ts_ms[0]) + interval))
+            merged = PointBatch.concat(parts)
+            batch = PointBatch(
+                merged.tags,
+                merged.tag_idx,
+                merged.ts_ms,
+                merged.value,
+                merged.quality,
+                source=batch.source,
+                received_ms=batch.received_ms,
+            )
         self.points += len(batch)
         return [batch]
 

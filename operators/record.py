@@ -442,6 +442,17 @@ class PointBatch:
             return PointBatch.empty()
         if len(batches) == 1:
             return batches[0]
+        if all(b.tags is batches[0].tags for b in batches):
+            # Same table (one source): keep its identity so operators' table caches hit.
+            return PointBatch(
+                batches[0].tags,
+                np.concatenate([b.tag_idx for b in batches]),
+                np.concatenate([b.ts_ms for b in batches]),
+                np.concatenate([b.value for b in batches]),
+                np.concatenate([b.quality for b in batches]),
+                source=batches[0].source,
+                received_ms=max(b.received_ms for b in batches),
+            )
         table: dict[TagRef, int] = {}
         idx_parts = []
         for b in batches:
