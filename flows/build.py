@@ -22,6 +22,7 @@ from bytewax.operators import KeyedStream
 from connectors.codec import CONTENT_TYPES, encode_points, encode_row
 from connectors.console import ConsoleSink
 from connectors.files import JsonLinesSink
+from connectors.influx import InfluxWriter
 from connectors.kafka import KafkaMessage, KafkaPointsSource, KafkaSink, end_offsets
 from connectors.simulator import SimulatorSource
 from connectors.timescale import TimescaleSink
@@ -31,6 +32,7 @@ from flows.config import (
     AnomalyOp,
     CustomOp,
     InferenceOp,
+    InfluxSinkConfig,
     KafkaInput,
     KafkaSinkConfig,
     KpiOp,
@@ -269,7 +271,39 @@ def _keyed_row(stream: str, row: dict[str, Any]) -> tuple[str, tuple[str, dict[s
     return ("db", (stream, row))
 
 
+def _influx(s: Streams, sink: InfluxSinkConfig) -> Streams:
+    writer = InfluxWriter(
+        sink.url,
+        api=sink.api,
+        database=sink.database,
+        retention_policy=sink.retention_policy,
+        username=sink.username,
+        password=sink.password.get_secret_value() if sink.password else None,
+        org=sink.org,
+        bucket=sink.bucket,
+        token=sink.token.get_secret_value() if sink.token else None,
+        retry_timeout_s=sink.retry_timeout_s,
+    )
+    parts = []
+    for name in sink.streams:
+        stream = _collect(s, name, sink.id)
+        if stream is None:
+            continue
+        rows = op.flat_map(f"{sink.id}_{name}_rows", stream, partial(to_rows, name))
+        parts.append(op.map(f"{sink.id}_{name}_tag", rows, partial(_tag, name)))
+    if not parts:
+        return s
+    # Writing is a step, not a terminal sink, so rejected lines flow on as dead letters.
+    dead = op.flat_map_batch(
+        f"{sink.id}_write", _merged(tuple(parts), f"{sink.id}_all"), writer.write
+    )
+    return s.add("dead_letters", dead)
+
+
 def _sinks(s: Streams, site: SiteConfig, out_dir: Path | None) -> None:
+    for sink in site.sinks:
+        if isinstance(sink, InfluxSinkConfig):
+            s = _influx(s, sink)
     for sink in site.sinks:
         if isinstance(sink, KafkaSinkConfig):
             cfg = sink.kafka.client_config()

@@ -43,6 +43,7 @@ __all__ = [
     "EdgeflowSettings",
     "FaultConfig",
     "FileSink",
+    "InfluxSinkConfig",
     "KafkaConnection",
     "KafkaInput",
     "KafkaSinkConfig",
@@ -427,8 +428,38 @@ class TimescaleSinkConfig(_Model):
     overflow: Literal["block", "fail"] = "block"
 
 
+class InfluxSinkConfig(_Model):
+    """InfluxDB line protocol over HTTP (v1 /write or v2 /api/v2/write)."""
+
+    type: Literal["influxdb"]
+    id: str = "influxdb"
+    url: str = Field(pattern=r"^https?://")
+    api: Literal["v1", "v2"] = "v1"
+    database: str = "edgeflow"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    org: str | None = None
+    bucket: str | None = None
+    token: SecretStr | None = None
+    streams: tuple[Literal["raw", "points", "aggregates", "events", "kpis"], ...] = (
+        "aggregates",
+        "events",
+        "kpis",
+    )
+    retry_timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _v2_target(self) -> InfluxSinkConfig:
+        if self.api == "v2" and not (self.org and self.bucket):
+            msg = "api v2 needs org and bucket"
+            raise ValueError(msg)
+        return self
+
+
 SinkConfig = Annotated[
-    ConsoleSink | FileSink | KafkaSinkConfig | TimescaleSinkConfig, Field(discriminator="type")
+    ConsoleSink | FileSink | KafkaSinkConfig | TimescaleSinkConfig | InfluxSinkConfig,
+    Field(discriminator="type"),
 ]
 
 
