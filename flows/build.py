@@ -24,6 +24,8 @@ from connectors.console import ConsoleSink
 from connectors.files import JsonLinesSink
 from connectors.influx import InfluxWriter
 from connectors.kafka import KafkaMessage, KafkaPointsSource, KafkaSink, end_offsets
+from connectors.modbus import ModbusDeviceSource
+from connectors.modbus_codec import RegisterSpec
 from connectors.simulator import SimulatorSource
 from connectors.timescale import TimescaleSink
 from flows.config import (
@@ -36,6 +38,7 @@ from flows.config import (
     KafkaInput,
     KafkaSinkConfig,
     KpiOp,
+    ModbusInput,
     SimulatorInput,
     SiteConfig,
     StreamName,
@@ -62,7 +65,7 @@ from operators.dataflow import (
 from operators.events import Event
 from operators.inference import FeatureSpec, ModelSpec, OnnxScorer
 from operators.kpi import Kpi, KpiCalculator, KpiConfig
-from operators.record import DeadLetter, PointBatch, Quality, to_ms
+from operators.record import DeadLetter, Isa95, PointBatch, Quality, to_ms
 from operators.validate import (
     KNOWN_CONVERSIONS,
     RangeRule,
@@ -411,6 +414,10 @@ def _kafka_source(inp: KafkaInput) -> KafkaPointsSource:
     )
 
 
+def _identity(items: list[Any]) -> list[Any]:
+    return items
+
+
 def _is_batch(item: object) -> bool:
     return isinstance(item, PointBatch)
 
@@ -423,6 +430,26 @@ def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "ed
     for inp in site.inputs:
         if isinstance(inp, SimulatorInput):
             raws.append(op.input(inp.id, flow, _simulator(inp, site)))
+        elif isinstance(inp, ModbusInput):
+            for dev in inp.devices:
+                src = ModbusDeviceSource(
+                    inp.host,
+                    inp.port,
+                    dev.device_id,
+                    Isa95(site.site.enterprise, site.site.site, dev.area, dev.line, dev.machine),
+                    tuple(RegisterSpec(**r.model_dump()) for r in dev.registers),
+                    interval_ms=dev.interval_ms,
+                    framer=inp.framer,
+                    timeout_s=inp.timeout_s,
+                    max_gap=inp.max_gap,
+                    max_polls=inp.max_polls,
+                    source=f"{inp.id}:{dev.device_id}",
+                )
+                step = f"{inp.id}_{dev.device_id}"
+                items = op.flat_map(f"{step}_items", op.input(step, flow, src), _identity)
+                split = op.branch(f"{step}_split", items, _is_batch)
+                raws.append(cast(Stream[PointBatch], split.trues))
+                source_errors.append(cast(Stream[DeadLetter], split.falses))
         elif isinstance(inp, KafkaInput):
             mixed = op.input(inp.id, flow, _kafka_source(inp))
             split = op.branch(f"{inp.id}_split", mixed, _is_batch)
@@ -434,8 +461,8 @@ def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "ed
     raw = raws[0] if len(raws) == 1 else op.merge("inputs", *raws)
     points = op.key_on("shard", raw, shard_key)
     streams = Streams(flow=flow, raw=raw, points=points, dead_letters=tuple(source_errors))
-    for step in site.operators:
-        streams = _apply(step, streams)
+    for op_cfg in site.operators:
+        streams = _apply(op_cfg, streams)
     _sinks(streams, site, out_dir)
     log.info(
         "site %s: inputs [%s] -> operators [%s] -> sinks [%s]",

@@ -47,6 +47,7 @@ __all__ = [
     "KafkaConnection",
     "KafkaInput",
     "KafkaSinkConfig",
+    "ModbusInput",
     "TimescaleSinkConfig",
     "expand_env",
     "InputConfig",
@@ -165,7 +166,45 @@ class KafkaInput(_Model):
     connect_timeout_s: float = Field(default=10.0, gt=0)
 
 
-InputConfig = Annotated[SimulatorInput | KafkaInput, Field(discriminator="type")]
+class RegisterConfig(_Model):
+    """One Modbus tag (see connectors.modbus_codec.RegisterSpec)."""
+
+    tag: str = Field(min_length=1, pattern=r"^[^/]+$")
+    address: int = Field(ge=0, le=65535)
+    table: Literal["holding", "input", "coil", "discrete"] = "holding"
+    dtype: Literal["int16", "uint16", "int32", "uint32", "float32", "float64", "bool"] = "uint16"
+    order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+
+
+class ModbusDeviceConfig(_Model):
+    """A device on the Modbus link: its id, ISA-95 place, poll interval and registers."""
+
+    device_id: int = Field(ge=0, le=255)
+    area: str
+    line: str
+    machine: str
+    interval_ms: int = Field(default=1000, gt=0)
+    registers: tuple[RegisterConfig, ...] = Field(min_length=1)
+
+
+class ModbusInput(_Model):
+    """Modbus TCP (or RTU framing over TCP) polling."""
+
+    type: Literal["modbus"]
+    id: str = "modbus"
+    host: str
+    port: int = Field(default=502, gt=0, le=65535)
+    framer: Literal["tcp", "rtu"] = "tcp"
+    timeout_s: float = Field(default=2.0, gt=0)
+    max_gap: int = Field(default=8, ge=0, description="coalesce registers this close")
+    max_polls: int | None = Field(default=None, gt=0, description="stop after N polls (tests)")
+    devices: tuple[ModbusDeviceConfig, ...] = Field(min_length=1)
+
+
+InputConfig = Annotated[SimulatorInput | KafkaInput | ModbusInput, Field(discriminator="type")]
 
 
 # -- operators -------------------------------------------------------------------------------
