@@ -26,6 +26,7 @@ from connectors.influx import InfluxWriter
 from connectors.kafka import KafkaMessage, KafkaPointsSource, KafkaSink, end_offsets
 from connectors.modbus import ModbusDeviceSource
 from connectors.modbus_codec import RegisterSpec
+from connectors.mqtt import MqttSource, TopicTemplate
 from connectors.simulator import SimulatorSource
 from connectors.timescale import TimescaleSink
 from flows.config import (
@@ -39,6 +40,7 @@ from flows.config import (
     KafkaSinkConfig,
     KpiOp,
     ModbusInput,
+    MqttInput,
     SimulatorInput,
     SiteConfig,
     StreamName,
@@ -418,6 +420,10 @@ def _identity(items: list[Any]) -> list[Any]:
     return items
 
 
+def _is_dead_letter(item: object) -> bool:
+    return isinstance(item, DeadLetter)
+
+
 def _is_batch(item: object) -> bool:
     return isinstance(item, PointBatch)
 
@@ -427,6 +433,7 @@ def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "ed
     flow = Dataflow(f"{name}_{site.name}")
     raws: list[Stream[PointBatch]] = []
     source_errors: list[Stream[DeadLetter]] = []
+    source_events: list[Stream[Event]] = []
     for inp in site.inputs:
         if isinstance(inp, SimulatorInput):
             raws.append(op.input(inp.id, flow, _simulator(inp, site)))
@@ -450,9 +457,33 @@ def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "ed
                 split = op.branch(f"{step}_split", items, _is_batch)
                 raws.append(cast(Stream[PointBatch], split.trues))
                 source_errors.append(cast(Stream[DeadLetter], split.falses))
-        elif isinstance(inp, KafkaInput):
-            mixed = op.input(inp.id, flow, _kafka_source(inp))
+        elif isinstance(inp, MqttInput):
+            mqtt_src = MqttSource(
+                inp.host,
+                inp.port,
+                enterprise=site.site.enterprise,
+                site=site.site.site,
+                templates=tuple(TopicTemplate(t.template, t.payload, t.unit) for t in inp.topics),
+                sparkplug_groups=inp.sparkplug_groups,
+                client_id=inp.client_id,
+                username=inp.username,
+                password=inp.password.get_secret_value() if inp.password else None,
+                tls_ca=inp.tls_ca,
+                qos=inp.qos,
+                queue_size=inp.queue_size,
+                overflow=inp.overflow,
+                max_messages=inp.max_messages,
+                name=inp.id,
+            )
+            mixed = op.input(inp.id, flow, mqtt_src)
             split = op.branch(f"{inp.id}_split", mixed, _is_batch)
+            raws.append(cast(Stream[PointBatch], split.trues))
+            rest = op.branch(f"{inp.id}_rest", split.falses, _is_dead_letter)
+            source_errors.append(cast(Stream[DeadLetter], rest.trues))
+            source_events.append(cast(Stream[Event], rest.falses))
+        elif isinstance(inp, KafkaInput):
+            kafka_mixed = op.input(inp.id, flow, _kafka_source(inp))
+            split = op.branch(f"{inp.id}_split", kafka_mixed, _is_batch)
             raws.append(cast(Stream[PointBatch], split.trues))
             source_errors.append(cast(Stream[DeadLetter], split.falses))
         else:  # pragma: no cover - the config union and this dispatch grow together
@@ -460,7 +491,13 @@ def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "ed
             raise ConfigError(msg)
     raw = raws[0] if len(raws) == 1 else op.merge("inputs", *raws)
     points = op.key_on("shard", raw, shard_key)
-    streams = Streams(flow=flow, raw=raw, points=points, dead_letters=tuple(source_errors))
+    streams = Streams(
+        flow=flow,
+        raw=raw,
+        points=points,
+        dead_letters=tuple(source_errors),
+        events=tuple(source_events),
+    )
     for op_cfg in site.operators:
         streams = _apply(op_cfg, streams)
     _sinks(streams, site, out_dir)

@@ -48,6 +48,7 @@ __all__ = [
     "KafkaInput",
     "KafkaSinkConfig",
     "ModbusInput",
+    "MqttInput",
     "TimescaleSinkConfig",
     "expand_env",
     "InputConfig",
@@ -204,7 +205,43 @@ class ModbusInput(_Model):
     devices: tuple[ModbusDeviceConfig, ...] = Field(min_length=1)
 
 
-InputConfig = Annotated[SimulatorInput | KafkaInput | ModbusInput, Field(discriminator="type")]
+class MqttTopicConfig(_Model):
+    """A plain topic template, e.g. ``plant/{area}/{line}/{machine}/{tag}``."""
+
+    template: str
+    payload: Literal["json", "number"] = "json"
+    unit: str = ""
+
+
+class MqttInput(_Model):
+    """MQTT subscriptions: plain topic templates and/or Sparkplug B groups."""
+
+    type: Literal["mqtt"]
+    id: str = "mqtt"
+    host: str
+    port: int = Field(default=1883, gt=0, le=65535)
+    client_id: str = "edgeflow"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: str | None = None
+    qos: Literal[0, 1] = 1
+    topics: tuple[MqttTopicConfig, ...] = ()
+    sparkplug_groups: tuple[str, ...] = ()
+    queue_size: int = Field(default=100_000, gt=0)
+    overflow: Literal["block", "drop_oldest", "drop_newest"] = "block"
+    max_messages: int | None = Field(default=None, gt=0, description="stop after N (tests)")
+
+    @model_validator(mode="after")
+    def _something(self) -> MqttInput:
+        if not self.topics and not self.sparkplug_groups:
+            msg = "give topics and/or sparkplug_groups"
+            raise ValueError(msg)
+        return self
+
+
+InputConfig = Annotated[
+    SimulatorInput | KafkaInput | ModbusInput | MqttInput, Field(discriminator="type")
+]
 
 
 # -- operators -------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""MQTT source through the real mosquitto broker: plain topics and Sparkplug B with rebirth."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from bytewax.testing import run_main
+
+from connectors.sparkplug.codec import decode, encode
+from flows.build import build_flow
+from flows.config import parse_site
+from tests.conftest import require_port
+from tests.integration.test_edge_flow import read_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+class EdgeNode:
+    """A minimal Sparkplug B edge node that answers rebirth requests."""
+
+    def __init__(self, host: str, port: int, group: str) -> None:
+        self.group, self.rebirths = group, 0
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-{uuid.uuid4().hex[:6]}"
+        )
+        self.c.on_message = self._on_cmd
+        self.c.connect(host, port)
+        self.c.subscribe(f"spBv1.0/{group}/NCMD/edge1", qos=1)
+        self.c.loop_start()
+
+    def _on_cmd(self, client, userdata, msg):
+        (m,) = decode(msg.payload).metrics
+        if m.name == "Node Control/Rebirth" and m.value is True:
+            self.rebirths += 1
+            self.birth()
+            self.pub("NDATA", encode([(None, 1, "Double", 99.0)], seq=1, timestamp=3000))
+
+    def pub(self, mtype: str, payload: bytes, topic: str | None = None) -> None:
+        self.c.publish(
+            topic or f"spBv1.0/{self.group}/{mtype}/edge1", payload, qos=1
+        ).wait_for_publish(5)
+
+    def birth(self) -> None:
+        self.pub(
+            "NBIRTH",
+            encode(
+                [("Inverter/ACPower", 1, "Double", 50.0), ("Inverter/Temp", 2, "Int8", -5)],
+                seq=0,
+                timestamp=1000,
+            ),
+        )
+
+
+def test_plain_topics_and_sparkplug_rebirth(endpoints, tmp_path: Path):
+    require_port(endpoints.mqtt_host, endpoints.mqtt_port, "mosquitto")
+    run = uuid.uuid4().hex[:6]
+    group = f"g{run}"
+    cfg = {
+        "name": "mqtt-test",
+        "site": {"enterprise": "acme", "site": "s1"},
+        "inputs": [
+            {
+                "type": "mqtt",
+                "host": endpoints.mqtt_host,
+                "port": endpoints.mqtt_port,
+                "client_id": f"edgeflow-{run}",
+                "topics": [
+                    {"template": f"plant{run}/{{area}}/{{line}}/{{machine}}/{{tag}}", "unit": "kW"}
+                ],
+                "sparkplug_groups": [group],
+                "max_messages": 15,
+            }
+        ],
+        "sinks": [{"type": "file", "dir": str(tmp_path), "streams": ["raw", "dead_letters"]}],
+    }
+    flow_thread = threading.Thread(target=run_main, args=(build_flow(parse_site(cfg)),))
+    flow_thread.start()
+    time.sleep(1.5)  # let the source connect and subscribe
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
+    pub.connect(endpoints.mqtt_host, endpoints.mqtt_port)
+    pub.loop_start()
+    for i in range(5):
+        pub.publish(
+            f"plant{run}/pv/a1/inv-01/ac_power", f'{{"value": {i}, "ts_ms": {1000 + i}}}', qos=1
+        ).wait_for_publish(5)
+    pub.publish(f"plant{run}/pv/a1/inv-02/ac_power", "7.5", qos=1).wait_for_publish(5)
+    pub.publish(f"plant{run}/pv/a1/inv-02/ac_power", "8", qos=1).wait_for_publish(5)
+    pub.publish(f"plant{run}/pv/a1/inv-02/ac_power", "{broken", qos=1).wait_for_publish(5)
+    edge = EdgeNode(endpoints.mqtt_host, endpoints.mqtt_port, group)
+    edge.birth()
+    edge.pub("NDATA", encode([(None, 1, "Double", 51.0)], seq=1, timestamp=2000))
+    edge.pub("NDATA", encode([(None, 1, "Double", 52.0)], seq=5, timestamp=2500))  # gap
+    edge.pub("X", b"junk", topic=f"spBv1.0/{group}/NDATA/edge1/dev/extra")
+    flow_thread.join(30)
+    assert not flow_thread.is_alive(), "the flow should end after max_messages"
+    assert edge.rebirths == 1
+
+    raw = read_jsonl(tmp_path / "raw.jsonl")
+    plain = sorted(
+        (r["machine"], r["value"]) for r in raw if r["site"] == "s1" and r["area"] == "pv"
+    )
+    assert plain == [("inv-01", float(i)) for i in range(5)] + [("inv-02", 7.5), ("inv-02", 8.0)]
+    sp = [(r["tag"], r["value"]) for r in raw if r["area"] == group]
+    assert ("Inverter.Temp", -5.0) in sp  # negative Int8 from the birth
+    assert [v for t, v in sp if t == "Inverter.ACPower"] == [50.0, 51.0, 52.0, 50.0, 99.0]
+    dead = read_jsonl(tmp_path / "dead_letters.jsonl")
+    reasons = sorted(d["reason"].split(":")[0] for d in dead)
+    assert any("not a Sparkplug B topic" in d["reason"] for d in dead)
+    assert any(d["reason"].startswith(f"plant{run}/pv/a1/inv-02/ac_power") for d in dead), reasons
+    pub.loop_stop()
+    edge.c.loop_stop()
