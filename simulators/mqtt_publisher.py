@@ -59,7 +59,7 @@ class SitePublisher:
     def _on_cmd(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if any(
             m.name == "Node Control/Rebirth" and m.value is True
-            for m in decode(msg.payload).metrics
+            for m in decode(bytes(msg.payload)).metrics
         ):
             with self.lock:
                 self.born = False
