@@ -27,6 +27,7 @@ from connectors.kafka import KafkaMessage, KafkaPointsSource, KafkaSink, end_off
 from connectors.modbus import ModbusDeviceSource
 from connectors.modbus_codec import RegisterSpec
 from connectors.mqtt import MqttSource, TopicTemplate
+from connectors.opcua import NodeMap, OpcUaSource
 from connectors.simulator import SimulatorSource
 from connectors.timescale import TimescaleSink
 from flows.config import (
@@ -41,6 +42,7 @@ from flows.config import (
     KpiOp,
     ModbusInput,
     MqttInput,
+    OpcUaInput,
     SimulatorInput,
     SiteConfig,
     StreamName,
@@ -481,6 +483,41 @@ def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "ed
             rest = op.branch(f"{inp.id}_rest", split.falses, _is_dead_letter)
             source_errors.append(cast(Stream[DeadLetter], rest.trues))
             source_events.append(cast(Stream[Event], rest.falses))
+        elif isinstance(inp, OpcUaInput):
+            ent, st = site.site.enterprise, site.site.site
+            opc = OpcUaSource(
+                inp.url,
+                enterprise=ent,
+                site=st,
+                nodes=tuple(
+                    NodeMap(
+                        n.node_id,
+                        f"{ent}/{st}/{n.area}/{n.line}/{n.machine}/{n.tag}",
+                        n.unit,
+                        n.scale,
+                        n.offset,
+                    )
+                    for n in inp.nodes
+                ),
+                browse=inp.browse,
+                mode=inp.mode,
+                interval_ms=inp.interval_ms,
+                sampling_interval_ms=inp.sampling_interval_ms,
+                queue_size=inp.queue_size,
+                deadband=inp.deadband,
+                security=inp.security,
+                cert=inp.cert,
+                key=inp.key,
+                application_uri=inp.application_uri,
+                username=inp.username,
+                password=inp.password.get_secret_value() if inp.password else None,
+                max_samples=inp.max_samples,
+                name=inp.id,
+            )
+            opc_mixed = op.input(inp.id, flow, opc)
+            split = op.branch(f"{inp.id}_split", opc_mixed, _is_batch)
+            raws.append(cast(Stream[PointBatch], split.trues))
+            source_errors.append(cast(Stream[DeadLetter], split.falses))
         elif isinstance(inp, KafkaInput):
             kafka_mixed = op.input(inp.id, flow, _kafka_source(inp))
             split = op.branch(f"{inp.id}_split", kafka_mixed, _is_batch)

@@ -49,6 +49,7 @@ __all__ = [
     "KafkaSinkConfig",
     "ModbusInput",
     "MqttInput",
+    "OpcUaInput",
     "TimescaleSinkConfig",
     "expand_env",
     "InputConfig",
@@ -239,8 +240,56 @@ class MqttInput(_Model):
         return self
 
 
+class OpcUaNodeConfig(_Model):
+    """An explicitly mapped OPC UA variable."""
+
+    node_id: str
+    area: str
+    line: str
+    machine: str
+    tag: str = Field(pattern=r"^[^/]+$")
+    unit: str = ""
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+class OpcUaInput(_Model):
+    """OPC UA subscription or polling; nodes mapped explicitly and/or browsed from folders."""
+
+    type: Literal["opcua"]
+    id: str = "opcua"
+    url: str = Field(pattern=r"^opc\.tcp://")
+    mode: Literal["subscription", "polling"] = "subscription"
+    interval_ms: int = Field(default=1000, gt=0)
+    sampling_interval_ms: float = Field(default=500.0, ge=0)
+    queue_size: int = Field(default=10, ge=0)
+    deadband: float = Field(default=0.0, ge=0)
+    nodes: tuple[OpcUaNodeConfig, ...] = ()
+    browse: tuple[str, ...] = Field(
+        default=(), description="folders whose <area>/<line>/<machine>/<variable> are read"
+    )
+    security: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    cert: str | None = None
+    key: str | None = None
+    application_uri: str = "urn:edgeflow:client"
+    username: str | None = None
+    password: SecretStr | None = None
+    max_samples: int | None = Field(default=None, gt=0, description="stop after N (tests)")
+
+    @model_validator(mode="after")
+    def _checks(self) -> OpcUaInput:
+        if not self.nodes and not self.browse:
+            msg = "give nodes and/or browse"
+            raise ValueError(msg)
+        if self.security != "None" and not (self.cert and self.key):
+            msg = f"security {self.security} needs cert and key (python -m connectors.opcua_certs)"
+            raise ValueError(msg)
+        return self
+
+
 InputConfig = Annotated[
-    SimulatorInput | KafkaInput | ModbusInput | MqttInput, Field(discriminator="type")
+    SimulatorInput | KafkaInput | ModbusInput | MqttInput | OpcUaInput,
+    Field(discriminator="type"),
 ]
 
 
