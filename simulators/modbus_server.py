@@ -89,6 +89,7 @@ def site_register_map(inverters: int = 2) -> tuple[DeviceMap, ...]:
                 r("voltage", 2, dtype="float32", order="CDAB", unit="V"),
                 r("frequency", 4, dtype="uint16", scale=0.01, unit="Hz"),
                 r("power_factor", 5, dtype="int16", scale=0.001),
+                r("breaker_closed", 0, table="discrete", dtype="bool"),
             ),
         ),
         DeviceMap(
@@ -168,6 +169,8 @@ class ModbusSiteServer:
                     value = float(
                         latest.get(f"{prefix}/{m.area}/{m.line}/{m.machine}/ac_power", 0) > 0
                     )
+                elif spec.tag == "breaker_closed":
+                    value = 1.0
                 else:
                     value = latest[path]
                 self.values[path] = value

@@ -16,6 +16,8 @@ class Endpoints:
     mqtt_host: str
     mqtt_port: int
     influx_url: str
+    mqtt_tls_port: int
+    mqtt_ca: str
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +30,15 @@ def endpoints() -> Endpoints:
         mqtt_host=os.environ.get("EDGEFLOW_MQTT_HOST", "127.0.0.1"),
         mqtt_port=int(os.environ.get("EDGEFLOW_MQTT_PORT", "11883")),
         influx_url=os.environ.get("EDGEFLOW_INFLUX_URL", "http://127.0.0.1:18086"),
+        mqtt_tls_port=int(os.environ.get("EDGEFLOW_MQTT_TLS_PORT", "18884")),
+        mqtt_ca=os.environ.get(
+            "EDGEFLOW_MQTT_CA",
+            os.path.join(
+                os.environ.get("EDGEFLOW_INFRA_DIR", "/var/tmp/edgeflow-infra"),
+                "mosquitto",
+                "ca.crt",
+            ),
+        ),
     )
 
 

@@ -27,18 +27,40 @@ start_postgres() {
 
 start_mqtt() {
   local dir="$STATE_DIR/mosquitto"
-  if port_open "$MQTT_PORT"; then log "mosquitto already up"; return 0; fi
+  if port_open "$MQTT_PORT" && port_open "$MQTT_TLS_PORT"; then log "mosquitto already up"; return 0; fi
+  if [[ -f "$dir/mosquitto.pid" ]]; then kill "$(cat "$dir/mosquitto.pid")" 2>/dev/null || true; sleep 0.5; fi
   mkdir -p "$dir"
+  # A second listener with TLS (a local CA signs a cert for 127.0.0.1) and username/password.
+  if [[ ! -f "$dir/server.crt" ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=edgeflow-test-ca" \
+      -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/san.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+      -CAcreateserial -days 3650 -extfile "$dir/san.ext" -out "$dir/server.crt" 2>/dev/null
+  fi
+  : >"$dir/passwd"
+  mosquitto_passwd -b "$dir/passwd" edgeflow edgeflow
   cat >"$dir/mosquitto.conf" <<CONF
-listener $MQTT_PORT 127.0.0.1
-allow_anonymous true
+per_listener_settings true
 persistence false
 log_dest file $dir/mosquitto.log
 pid_file $dir/mosquitto.pid
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+listener $MQTT_TLS_PORT 127.0.0.1
+allow_anonymous false
+password_file $dir/passwd
+cafile $dir/ca.crt
+certfile $dir/server.crt
+keyfile $dir/server.key
 CONF
   chown -R mosquitto:mosquitto "$dir" 2>/dev/null || true
+  chmod 0644 "$dir"/*.key "$dir/passwd" 2>/dev/null || true
   mosquitto -c "$dir/mosquitto.conf" -d
   wait_port mosquitto "$MQTT_PORT" 30
+  wait_port mosquitto-tls "$MQTT_TLS_PORT" 30
 }
 
 start_influx() {

@@ -114,3 +114,54 @@ def test_plain_topics_and_sparkplug_rebirth(endpoints, tmp_path: Path):
     assert any(d["reason"].startswith(f"plant{run}/pv/a1/inv-02/ac_power") for d in dead), reasons
     pub.loop_stop()
     edge.c.loop_stop()
+
+
+def test_tls_with_username_and_password(endpoints):
+    import ssl
+
+    from connectors.errors import SourceError
+    from connectors.mqtt import MqttSource, TopicTemplate
+    from operators.record import PointBatch
+
+    require_port(endpoints.mqtt_host, endpoints.mqtt_tls_port, "mosquitto (TLS)")
+    run = uuid.uuid4().hex[:6]
+    src = MqttSource(
+        endpoints.mqtt_host,
+        endpoints.mqtt_tls_port,
+        enterprise="acme",
+        site="s1",
+        templates=(TopicTemplate(f"tls{run}/{{area}}/{{line}}/{{machine}}/{{tag}}"),),
+        client_id=f"tls-{run}",
+        username="edgeflow",
+        password="edgeflow",
+        tls_ca=endpoints.mqtt_ca,
+        connect_timeout_s=5,
+    )
+    part = src.build_part("s", src.list_parts()[0], None)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tls-pub-{run}")
+    pub.username_pw_set("edgeflow", "edgeflow")
+    pub.tls_set(ca_certs=endpoints.mqtt_ca, cert_reqs=ssl.CERT_REQUIRED)
+    pub.connect(endpoints.mqtt_host, endpoints.mqtt_tls_port)
+    pub.loop_start()
+    pub.publish(f"tls{run}/pv/a1/inv-01/ac_power", "42", qos=1).wait_for_publish(5)
+    got = []
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        got = [b for b in part.next_batch() if isinstance(b, PointBatch)]
+        time.sleep(0.05)
+    pub.loop_stop()
+    part.close()
+    assert got and got[0].value.tolist() == [42.0]
+
+    wrong = MqttSource(
+        endpoints.mqtt_host,
+        endpoints.mqtt_tls_port,
+        client_id=f"bad-{run}",
+        templates=(TopicTemplate("x/{tag}"),),
+        username="edgeflow",
+        password="nope",
+        tls_ca=endpoints.mqtt_ca,
+        connect_timeout_s=3,
+    )
+    with pytest.raises(SourceError, match="did not accept"):
+        wrong.build_part("s", wrong.list_parts()[0], None)

@@ -83,3 +83,8 @@ def test_plan_reads_respects_the_request_limit():
     specs = tuple(RegisterSpec(f"r{i}", i) for i in range(300))
     blocks = plan_reads(specs)
     assert [b.count for b in blocks] == [125, 125, 50]
+
+
+def test_coils_and_discrete_inputs_are_bools():
+    assert decode([True], RegisterSpec("run", 0, table="coil")) == 1.0
+    assert decode([0], RegisterSpec("brk", 0, table="discrete", dtype="bool")) == 0.0
