@@ -121,7 +121,11 @@ def decode_points(
 
 
 class TagTable:
-    """Interns tag references so consecutive batches share one tag-table tuple."""
+    """Interns tag references so consecutive batches share one tag-table tuple.
+
+    Sources that decode one sample at a time collect ``(path, unit, ts_ms, value, quality)``
+    tuples and turn them into a batch with :meth:`batch`.
+    """
 
     def __init__(self) -> None:
         self._index: dict[TagRef, int] = {}
@@ -134,6 +138,21 @@ class TagTable:
             i = self._index[ref] = len(self.tags)
             self.tags = (*self.tags, ref)
         return i
+
+    def batch(
+        self, samples: list[tuple[str, str, int, float, int]], *, source: str, received_ms: int
+    ) -> PointBatch:
+        """Columnarise samples against this table."""
+        idx = [self.index(TagRef(p, u)) for p, u, _, _, _ in samples]
+        return PointBatch(
+            self.tags,
+            np.asarray(idx, np.int32),
+            np.asarray([s[2] for s in samples], np.int64),
+            np.asarray([s[3] for s in samples], np.float64),
+            np.asarray([s[4] for s in samples], np.uint8),
+            source=source,
+            received_ms=received_ms,
+        )
 
 
 def encode_row(row: dict[str, Any]) -> bytes:

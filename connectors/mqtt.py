@@ -31,17 +31,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import paho.mqtt.client as mqtt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
+from connectors.codec import TagTable
 from connectors.errors import SourceError
 from connectors.lifecycle import stop_requested
 from connectors.sparkplug.codec import SparkplugError, decode, encode
 from operators.errors import RecordError
 from operators.events import Event
-from operators.record import DeadLetter, PointBatch, Quality, TagRef, now_ms, to_ms
+from operators.record import DeadLetter, PointBatch, Quality, now_ms, to_ms
 
 __all__ = ["MqttSource", "SparkplugState", "TopicTemplate", "parse_plain"]
 
@@ -272,8 +272,7 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
             site=src.site,
             rebirth_min_interval_ms=src.rebirth_min_interval_ms,
         )
-        self.table: dict[TagRef, int] = {}
-        self.tags: tuple[TagRef, ...] = ()
+        self.table = TagTable()
         self.connected = threading.Event()
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
@@ -327,14 +326,6 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
                 self.queue.put_nowait(item)
             else:
                 self.client.ack(msg.mid, msg.qos)
-
-    def _index(self, path: str, unit: str) -> int:
-        ref = TagRef(path, unit)
-        i = self.table.get(ref)
-        if i is None:
-            i = self.table[ref] = len(self.tags)
-            self.tags = (*self.tags, ref)
-        return i
 
     @override
     def next_batch(self) -> list[SourceItem]:
@@ -391,19 +382,7 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
                 )
             )
         if pts:
-            idx = [self._index(p[0], p[1]) for p in pts]
-            out.insert(
-                0,
-                PointBatch(
-                    self.tags,
-                    np.asarray(idx, np.int32),
-                    np.asarray([p[2] for p in pts], np.int64),
-                    np.asarray([p[3] for p in pts], np.float64),
-                    np.asarray([p[4] for p in pts], np.uint8),
-                    source=self.src.name,
-                    received_ms=received,
-                ),
-            )
+            out.insert(0, self.table.batch(pts, source=self.src.name, received_ms=received))
         return out
 
     @override

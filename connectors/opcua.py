@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-import numpy as np
 from asyncua import Client, ua
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition, batch_async
 from typing_extensions import override
 
+from connectors.codec import TagTable
 from connectors.lifecycle import stop_requested
-from operators.record import DeadLetter, PointBatch, Quality, TagRef, now_ms
+from operators.record import DeadLetter, PointBatch, Quality, now_ms
 
 __all__ = ["NodeMap", "OpcUaSource", "quality_of"]
 
@@ -77,18 +77,9 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, None]):
         self.batcher = batch_async(
             self._stream(), timedelta(milliseconds=100), 10_000, loop=self.loop
         )
-        self.table: dict[TagRef, int] = {}
-        self.tags: tuple[TagRef, ...] = ()
+        self.table = TagTable()
         self.count = 0
         self.connects = 0
-
-    def _index(self, path: str, unit: str) -> int:
-        ref = TagRef(path, unit)
-        i = self.table.get(ref)
-        if i is None:
-            i = self.table[ref] = len(self.tags)
-            self.tags = (*self.tags, ref)
-        return i
 
     async def _connect(self) -> Client:
         s = self.src
@@ -254,19 +245,7 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, None]):
             samples = samples[: self.src.max_samples - self.count]
         self.count += len(samples)
         if samples:
-            idx = [self._index(p, u) for p, u, _, _, _ in samples]
-            out.insert(
-                0,
-                PointBatch(
-                    self.tags,
-                    np.asarray(idx, np.int32),
-                    np.asarray([x[2] for x in samples], np.int64),
-                    np.asarray([x[3] for x in samples], np.float64),
-                    np.asarray([x[4] for x in samples], np.uint8),
-                    source=self.src.name,
-                    received_ms=now_ms(),
-                ),
-            )
+            out.insert(0, self.table.batch(samples, source=self.src.name, received_ms=now_ms()))
         return out
 
     @override

@@ -114,15 +114,8 @@ class _SimPartition(StatefulSourcePartition[PointBatch, _SimState]):
             for k in range(ticks):
                 tick = batch.select(np.arange(len(batch)) // n == k)
                 parts.append(self.disorder.apply(tick, int(tick.ts_ms[0]) + interval))
-            merged = PointBatch.concat(parts)
-            batch = PointBatch(
-                merged.tags,
-                merged.tag_idx,
-                merged.ts_ms,
-                merged.value,
-                merged.quality,
-                source=batch.source,
-                received_ms=batch.received_ms,
+            batch = PointBatch.concat(parts).with_meta(
+                source=batch.source, received_ms=batch.received_ms
             )
         self.points += len(batch)
         return [batch]

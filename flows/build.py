@@ -430,22 +430,22 @@ def _is_batch(item: object) -> bool:
     return isinstance(item, PointBatch)
 
 
-def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "edge") -> Dataflow:
-    """Build the dataflow for ``site``."""
-    flow = Dataflow(f"{name}_{site.name}")
-    raws: list[Stream[PointBatch]] = []
-    source_errors: list[Stream[DeadLetter]] = []
-    source_events: list[Stream[Event]] = []
-    for inp in site.inputs:
-        if isinstance(inp, SimulatorInput):
-            raws.append(op.input(inp.id, flow, _simulator(inp, site)))
-        elif isinstance(inp, ModbusInput):
-            for dev in inp.devices:
-                src = ModbusDeviceSource(
+def _sources(inp: Any, site: SiteConfig) -> list[tuple[str, Any, bool]]:
+    """Return ``(step id, Bytewax source, emits lists)`` for one configured input."""
+    ent, st = site.site.enterprise, site.site.site
+    if isinstance(inp, SimulatorInput):
+        return [(inp.id, _simulator(inp, site), False)]
+    if isinstance(inp, KafkaInput):
+        return [(inp.id, _kafka_source(inp), False)]
+    if isinstance(inp, ModbusInput):
+        return [
+            (
+                f"{inp.id}_{dev.device_id}",
+                ModbusDeviceSource(
                     inp.host,
                     inp.port,
                     dev.device_id,
-                    Isa95(site.site.enterprise, site.site.site, dev.area, dev.line, dev.machine),
+                    Isa95(ent, st, dev.area, dev.line, dev.machine),
                     tuple(RegisterSpec(**r.model_dump()) for r in dev.registers),
                     interval_ms=dev.interval_ms,
                     framer=inp.framer,
@@ -453,79 +453,86 @@ def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "ed
                     max_gap=inp.max_gap,
                     max_polls=inp.max_polls,
                     source=f"{inp.id}:{dev.device_id}",
-                )
-                step = f"{inp.id}_{dev.device_id}"
-                items = op.flat_map(f"{step}_items", op.input(step, flow, src), _identity)
-                split = op.branch(f"{step}_split", items, _is_batch)
-                raws.append(cast(Stream[PointBatch], split.trues))
-                source_errors.append(cast(Stream[DeadLetter], split.falses))
-        elif isinstance(inp, MqttInput):
-            mqtt_src = MqttSource(
-                inp.host,
-                inp.port,
-                enterprise=site.site.enterprise,
-                site=site.site.site,
-                templates=tuple(TopicTemplate(t.template, t.payload, t.unit) for t in inp.topics),
-                sparkplug_groups=inp.sparkplug_groups,
-                client_id=inp.client_id,
-                username=inp.username,
-                password=inp.password.get_secret_value() if inp.password else None,
-                tls_ca=inp.tls_ca,
-                qos=inp.qos,
-                queue_size=inp.queue_size,
-                overflow=inp.overflow,
-                max_messages=inp.max_messages,
-                name=inp.id,
+                ),
+                True,
             )
-            mixed = op.input(inp.id, flow, mqtt_src)
-            split = op.branch(f"{inp.id}_split", mixed, _is_batch)
+            for dev in inp.devices
+        ]
+    if isinstance(inp, MqttInput):
+        mqtt_src = MqttSource(
+            inp.host,
+            inp.port,
+            enterprise=ent,
+            site=st,
+            templates=tuple(TopicTemplate(t.template, t.payload, t.unit) for t in inp.topics),
+            sparkplug_groups=inp.sparkplug_groups,
+            client_id=inp.client_id,
+            username=inp.username,
+            password=inp.password.get_secret_value() if inp.password else None,
+            tls_ca=inp.tls_ca,
+            qos=inp.qos,
+            queue_size=inp.queue_size,
+            overflow=inp.overflow,
+            max_messages=inp.max_messages,
+            name=inp.id,
+        )
+        return [(inp.id, mqtt_src, False)]
+    if isinstance(inp, OpcUaInput):
+        nodes = tuple(
+            NodeMap(
+                n.node_id,
+                f"{ent}/{st}/{n.area}/{n.line}/{n.machine}/{n.tag}",
+                n.unit,
+                n.scale,
+                n.offset,
+            )
+            for n in inp.nodes
+        )
+        opc = OpcUaSource(
+            inp.url,
+            enterprise=ent,
+            site=st,
+            nodes=nodes,
+            browse=inp.browse,
+            mode=inp.mode,
+            interval_ms=inp.interval_ms,
+            sampling_interval_ms=inp.sampling_interval_ms,
+            queue_size=inp.queue_size,
+            deadband=inp.deadband,
+            security=inp.security,
+            cert=inp.cert,
+            key=inp.key,
+            application_uri=inp.application_uri,
+            username=inp.username,
+            password=inp.password.get_secret_value() if inp.password else None,
+            max_samples=inp.max_samples,
+            name=inp.id,
+        )
+        return [(inp.id, opc, False)]
+    msg = f"unsupported input type {type(inp).__name__}"  # pragma: no cover
+    raise ConfigError(msg)
+
+
+def build_flow(site: SiteConfig, *, out_dir: Path | None = None, name: str = "edge") -> Dataflow:
+    """Build the dataflow for ``site``."""
+    flow = Dataflow(f"{name}_{site.name}")
+    raws: list[Stream[PointBatch]] = []
+    source_errors: list[Stream[DeadLetter]] = []
+    source_events: list[Stream[Event]] = []
+    for inp in site.inputs:
+        for step, source, emits_lists in _sources(inp, site):
+            items = op.input(step, flow, source)
+            if emits_lists:
+                items = op.flat_map(f"{step}_items", items, _identity)
+            if isinstance(inp, SimulatorInput):  # emits point batches only
+                raws.append(items)
+                continue
+            # Protocol sources interleave batches with dead letters (and Sparkplug events).
+            split = op.branch(f"{step}_split", items, _is_batch)
             raws.append(cast(Stream[PointBatch], split.trues))
-            rest = op.branch(f"{inp.id}_rest", split.falses, _is_dead_letter)
+            rest = op.branch(f"{step}_rest", split.falses, _is_dead_letter)
             source_errors.append(cast(Stream[DeadLetter], rest.trues))
             source_events.append(cast(Stream[Event], rest.falses))
-        elif isinstance(inp, OpcUaInput):
-            ent, st = site.site.enterprise, site.site.site
-            opc = OpcUaSource(
-                inp.url,
-                enterprise=ent,
-                site=st,
-                nodes=tuple(
-                    NodeMap(
-                        n.node_id,
-                        f"{ent}/{st}/{n.area}/{n.line}/{n.machine}/{n.tag}",
-                        n.unit,
-                        n.scale,
-                        n.offset,
-                    )
-                    for n in inp.nodes
-                ),
-                browse=inp.browse,
-                mode=inp.mode,
-                interval_ms=inp.interval_ms,
-                sampling_interval_ms=inp.sampling_interval_ms,
-                queue_size=inp.queue_size,
-                deadband=inp.deadband,
-                security=inp.security,
-                cert=inp.cert,
-                key=inp.key,
-                application_uri=inp.application_uri,
-                username=inp.username,
-                password=inp.password.get_secret_value() if inp.password else None,
-                max_samples=inp.max_samples,
-                name=inp.id,
-            )
-            opc_mixed = op.input(inp.id, flow, opc)
-            split = op.branch(f"{inp.id}_split", opc_mixed, _is_batch)
-            raws.append(cast(Stream[PointBatch], split.trues))
-            source_errors.append(cast(Stream[DeadLetter], split.falses))
-        elif isinstance(inp, KafkaInput):
-            kafka_mixed = op.input(inp.id, flow, _kafka_source(inp))
-            split = op.branch(f"{inp.id}_split", kafka_mixed, _is_batch)
-            raws.append(cast(Stream[PointBatch], split.trues))
-            source_errors.append(cast(Stream[DeadLetter], split.falses))
-        else:  # pragma: no cover - the config union and this dispatch grow together
-            msg = f"unsupported input type {type(inp).__name__}"
-            raise ConfigError(msg)
     raw = raws[0] if len(raws) == 1 else op.merge("inputs", *raws)
     points = op.key_on("shard", raw, shard_key)
     streams = Streams(

@@ -415,6 +415,21 @@ class PointBatch:
             extra=self.extra,
         )
 
+    def with_meta(
+        self, *, source: str, received_ms: int, extra: dict[str, Any] | None = None
+    ) -> PointBatch:
+        """Return the same points with another source, receive time and extras."""
+        return PointBatch(
+            self.tags,
+            self.tag_idx,
+            self.ts_ms,
+            self.value,
+            self.quality,
+            source=source,
+            received_ms=received_ms,
+            extra=self.extra if extra is None else extra,
+        )
+
     def with_values(
         self,
         value: npt.NDArray[np.float64],

@@ -424,13 +424,7 @@ class TumblingAggregator:
             late |= expired
         late_batch = PointBatch.empty()
         if late.any():
-            late_batch = batch.select(late)
-            late_batch = PointBatch(
-                late_batch.tags,
-                late_batch.tag_idx,
-                late_batch.ts_ms,
-                late_batch.value,
-                late_batch.quality,
+            late_batch = batch.select(late).with_meta(
                 source=batch.source,
                 received_ms=batch.received_ms,
                 extra={"expired": expired[late]},

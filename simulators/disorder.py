@@ -55,16 +55,7 @@ class Disorder:
                 keep_b.append(b.select(~due))
                 keep_r.append(r[~due])
         self._held, self._release = keep_b, keep_r
-        merged = PointBatch.concat(out)
-        return PointBatch(
-            merged.tags,
-            merged.tag_idx,
-            merged.ts_ms,
-            merged.value,
-            merged.quality,
-            source=batch.source,
-            received_ms=batch.received_ms,
-        )
+        return PointBatch.concat(out).with_meta(source=batch.source, received_ms=batch.received_ms)
 
     def drain(self) -> PointBatch:
         """Release everything still held (end of input)."""
