@@ -9,6 +9,10 @@ Each case runs in a fresh process on the same generated data (1% invalid, 1% lat
 - ``fold_window``: plain per-point Bytewax ``fold_window`` at 1m and 15m (count/sum/min/max).
 
 The chain's aggregates must equal the numpy reference (row counts, point counts, sums).
+
+Then ``live_latency`` (a 100k points/s stream paced in wall time, 75 s) and, when the
+infra/local services run, Kafka replay against raw consumption (case 2) and sink rows/s
+(case 4).
 """
 
 from __future__ import annotations
@@ -62,6 +66,43 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+SERVICE_CASES = [  # case, tags, Hz, seconds, note
+    ("kafka_consume", 1_000, 1.0, 1800, "raw consume of the raw topic: the limit for replay"),
+    ("kafka_replay", 1_000, 1.0, 1800, "case 2: raw topic -> validate -> 1m/15m -> topic"),
+    ("postgres_sink", 1_000, 1.0, 3600, "case 4: aggregate rows/s, COPY + upsert"),
+    ("influx_sink", 1_000, 1.0, 3600, "case 4: aggregate rows/s, line protocol + gzip"),
+]
+
+
+def _up(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def service_cases(quick: bool) -> None:
+    """Cases against the infra/local services (skipped, and said so, when a service is down)."""
+    ports = {"kafka": 19092, "postgres": 15432, "influx": 18086}
+    for case, tags, hz, seconds, note in SERVICE_CASES:
+        service = case.split("_")[0]
+        if not _up(ports[service]):
+            print(f"{case:<14} skipped: {service} is not running (bash infra/local/start.sh)")
+            continue
+        r = run_case(case, tags, hz, seconds / 6 if quick else seconds)
+        if "rows_per_s" in r:
+            size, rate = f"{r['rows']:>11,} rows", f"{r['rows_per_s']:>12,.0f} rows/s"
+        else:
+            size, rate = f"{r['points']:>11,} pts ", f"{r['points_per_s']:>12,.0f} pts/s "
+        print(
+            f"{case:<14} {r['tags']:>6} {r['hz']:>4g} {size} {rate} "
+            f"{r['peak_rss_mb']:>6.0f} MB  {note}"
+        )
+
+
 def main() -> None:
     """Run the suite and print the table."""
     p = argparse.ArgumentParser(description="edgeflow benchmarks")
@@ -92,6 +133,17 @@ def main() -> None:
                 f"{r['case']:<12} {r['tags']:>6} {r['hz']:>4g} {r['points']:>11,} "
                 f"{r['points_per_s']:>12,.0f} {r['peak_rss_mb']:>8.0f}  {note}"
             )
+    if not args.quick:
+        r = run_case("live_latency", 10_000, 10.0, 75)
+        print(
+            f"{'live_latency':<14} {r['tags']:>6} {r['hz']:>4g} {r['points']:>11,} pts  "
+            f"{r['points_per_s']:>12,.0f} pts/s {r['peak_rss_mb']:>6.0f} MB  live stream paced "
+            f"in wall time: point->sink p50 {r['points_p50_ms']:.0f} ms, p99 "
+            f"{r['points_p99_ms']:.0f} ms; 1m window end->sink p50 "
+            f"{r['window_close_p50_ms']:.0f} ms, p99 {r['window_close_p99_ms']:.0f} ms "
+            f"(includes the {r['allowed_lateness_ms']} ms allowed lateness)"
+        )
+    service_cases(args.quick)
     print(f"# total {time.perf_counter() - t0:.0f} s")
     if failures:
         sys.exit(f"chain results differ from the numpy reference for {failures}")

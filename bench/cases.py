@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.data import START_MS, BenchData
 from operators.record import PointBatch
 from operators.validate import RangeRule, ValidationRules, Validator
@@ -183,12 +185,289 @@ def fold_window_flow(data: BenchData) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "windows": len(out)}
 
 
+# -- live latency ------------------------------------------------------------------------------
+def live_latency(data: BenchData) -> dict[str, Any]:
+    """p50/p99 from point timestamp to sink for a live stream paced in wall time.
+
+    Points are stamped with the wall clock as they are generated; the sink notes, per batch of
+    validated points, ``now - oldest point time``, and per aggregate row ``now - window end``
+    (what remains is the allowed lateness plus processing: the window length is excluded).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.inputs import DynamicSource, StatelessSourcePartition
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import run_main
+
+    from flows.build import shard_key
+    from operators.dataflow import aggregate, validate
+    from operators.record import now_ms
+
+    step_ms = 100
+    tags, _, _ = data.tags, data.mean, data.noise
+    n = len(tags)
+    per_step = max(1, round(data.rate_hz * step_ms / 1000))
+    rng = np.random.default_rng(0)
+    point_lat: list[float] = []
+    agg_lat: list[float] = []
+
+    class Part(StatelessSourcePartition[PointBatch]):
+        def __init__(self) -> None:
+            self.t0 = now_ms()
+            self.k = 0
+
+        def next_batch(self) -> list[PointBatch]:
+            if self.k * step_ms >= data.duration_s * 1000:
+                raise StopIteration
+            self.k += 1
+            ts = now_ms()
+            m = n * per_step
+            return [
+                PointBatch(
+                    tags,
+                    np.tile(np.arange(n, dtype=np.int32), per_step),
+                    np.full(m, ts, np.int64),
+                    data.mean[np.tile(np.arange(n), per_step)] + rng.normal(0, 1, m),
+                    np.zeros(m, np.uint8),
+                    source="live",
+                    received_ms=ts,
+                )
+            ]
+
+        def next_awake(self) -> datetime:
+            return datetime.fromtimestamp((self.t0 + self.k * step_ms) / 1000, UTC)
+
+    class Src(DynamicSource[PointBatch]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Part:
+            return Part()
+
+    class Lat(StatelessSinkPartition[Any]):
+        def write_batch(self, items: list[Any]) -> None:
+            now = now_ms()
+            for kind, item in items:
+                if kind == "p":
+                    point_lat.append(now - int(item.ts_ms.min()))
+                elif item.closed_by == "watermark":  # not the flush at end of input
+                    agg_lat.append(now - (item.start_ms + item.window_ms))
+
+    class Sink(DynamicSink[Any]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Lat:
+            return Lat()
+
+    flow = Dataflow("latency")
+    keyed = op.key_on("k", op.input("in", flow, Src()), shard_key)
+    v = validate("v", keyed, RULES)
+    agg = aggregate("agg", v.oks, allowed_lateness_ms=1000, idle_close=True)
+    pts = op.map("p", op.key_rm("unkey", v.oks), lambda b: ("p", b))
+    aggs = op.map(
+        "a", op.filter("1m", agg.aggregates, lambda w: w.window_ms == 60_000), lambda w: ("a", w)
+    )
+    op.output("out", op.merge("all", pts, aggs), Sink())
+    t0 = time.perf_counter()
+    run_main(flow, epoch_interval=timedelta(seconds=1))
+    p = np.asarray(point_lat, np.float64)
+    a = np.asarray(agg_lat, np.float64)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "points_p50_ms": float(np.percentile(p, 50)),
+        "points_p99_ms": float(np.percentile(p, 99)),
+        "window_close_p50_ms": float(np.percentile(a, 50)) if len(a) else None,
+        "window_close_p99_ms": float(np.percentile(a, 99)) if len(a) else None,
+        "allowed_lateness_ms": 1000,
+    }
+
+
 CASES = {
     "chain": chain,
     "numpy": numpy_only,
     "python": python_loop,
     "fold_window": fold_window_flow,
 }
+
+
+# -- case 2: replay from Kafka -----------------------------------------------------------------
+def _bootstrap() -> str:
+    import os
+
+    return os.environ.get("EDGEFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+
+
+def _fill_topic(data: BenchData, batch_s: int) -> tuple[str, int]:
+    import uuid
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from connectors.codec import encode_points
+
+    topic = f"edgeflow.bench.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": _bootstrap()})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    producer = Producer(
+        {
+            "bootstrap.servers": _bootstrap(),
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    messages = 0
+    group: list[PointBatch] = []
+    for b in data.batches():
+        group.append(b)
+        if len(group) * data.batch_ms >= batch_s * 1000:
+            merged = PointBatch.concat(group).with_meta(source="bench", received_ms=b.received_ms)
+            for key, value, _ in encode_points(merged):
+                while True:
+                    try:
+                        producer.produce(
+                            topic, key=key.encode(), value=value, timestamp=merged.received_ms
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.1)
+                messages += 1
+            group = []
+    producer.flush(120)
+    return topic, messages
+
+
+def kafka_consume(data: BenchData) -> dict[str, Any]:
+    """Reference: raw confluent-kafka consumption of the raw topic, decoding nothing."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic, messages = _fill_topic(data, 10)
+    c = Consumer(
+        {"bootstrap.servers": _bootstrap(), "group.id": "bench", "enable.auto.commit": False}
+    )
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    t0 = time.perf_counter()
+    seen = 0
+    while seen < messages:
+        seen += len(c.consume(10_000, timeout=1.0))
+    dt = time.perf_counter() - t0
+    c.close()
+    return {"seconds": dt, "messages": messages}
+
+
+def kafka_replay(data: BenchData) -> dict[str, Any]:
+    """Case 2: raw topic -> validate -> 1m/15m aggregates -> aggregates topic."""
+    import uuid
+
+    from flows.build import build_flow
+    from flows.config import parse_site
+
+    topic, messages = _fill_topic(data, 10)
+    site = parse_site(
+        {
+            "name": "bench",
+            "site": {"enterprise": "bench", "site": "site"},
+            "inputs": [
+                {
+                    "type": "kafka",
+                    "kafka": {"bootstrap_servers": _bootstrap()},
+                    "topic": topic,
+                    "bounded": True,
+                    "batch_size": 20_000,
+                }
+            ],
+            "operators": [
+                {
+                    "type": "validate",
+                    "ranges": [{"tags": "*", "min": -1e6, "max": 1e6}],
+                    "max_future_ms": None,
+                    "max_past_ms": None,
+                },
+                {"type": "aggregate", "allowed_lateness_ms": 5000, "idle_close": False},
+            ],
+            "sinks": [
+                {
+                    "type": "kafka",
+                    "kafka": {"bootstrap_servers": _bootstrap()},
+                    "topics": {"aggregates": f"edgeflow.bench.{uuid.uuid4().hex[:8]}.agg"},
+                }
+            ],
+        }
+    )
+    from bytewax.testing import run_main
+
+    flow = build_flow(site, name="bench")
+    t0 = time.perf_counter()
+    run_main(flow)
+    return {"seconds": time.perf_counter() - t0, "messages": messages}
+
+
+# -- case 4: sinks -----------------------------------------------------------------------------
+def _agg_rows(data: BenchData) -> list[dict[str, Any]]:
+    agg = TumblingAggregator(allowed_lateness_ms=5000, idle_close=False)
+    windows: list[WindowAggregates] = []
+    for b in _valid_batches(data):
+        windows += agg.add(b, 0)[0]
+    windows += agg.flush()
+    return [r for w in windows for r in w.rows()]
+
+
+def postgres_sink(data: BenchData) -> dict[str, Any]:
+    """Case 4: aggregate rows/s into PostgreSQL (COPY + upsert), in 5,000-row batches."""
+    import os
+    import uuid
+
+    import psycopg
+
+    from connectors.timescale import TimescaleSink
+
+    dsn = os.environ.get(
+        "EDGEFLOW_PG_DSN", "postgresql://edgeflow:edgeflow@127.0.0.1:15432/edgeflow"
+    )
+    rows = _agg_rows(data)
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    part = TimescaleSink(dsn, schema=schema).build_part("s", "timescaledb", None)
+    items = [("aggregates", r) for r in rows]
+    t0 = time.perf_counter()
+    for i in range(0, len(items), 5000):
+        part.write_batch(items[i : i + 5000])
+    dt = time.perf_counter() - t0
+    part.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'drop schema "{schema}" cascade')
+    return {"seconds": dt, "rows": len(rows)}
+
+
+def influx_sink(data: BenchData) -> dict[str, Any]:
+    """Case 4: aggregate rows/s into InfluxDB 1.x (line protocol, gzip), 5,000 per request."""
+    import os
+    import urllib.parse
+    import urllib.request
+    import uuid
+
+    from connectors.influx import InfluxWriter
+
+    url = os.environ.get("EDGEFLOW_INFLUX_URL", "http://127.0.0.1:18086")
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode()
+    urllib.request.urlopen(f"{url}/query", data=q, timeout=10).close()
+    rows = _agg_rows(data)
+    w = InfluxWriter(url, database=db)
+    t0 = time.perf_counter()
+    dead = w.write([("aggregates", r) for r in rows])
+    dt = time.perf_counter() - t0
+    q = urllib.parse.urlencode({"q": f'DROP DATABASE "{db}"'}).encode()
+    urllib.request.urlopen(f"{url}/query", data=q, timeout=10).close()
+    return {"seconds": dt, "rows": len(rows), "dead": len(dead)}
+
+
+CASES.update(
+    {
+        "live_latency": live_latency,
+        "kafka_consume": kafka_consume,
+        "kafka_replay": kafka_replay,
+        "postgres_sink": postgres_sink,
+        "influx_sink": influx_sink,
+    }
+)
 
 
 def main() -> None:
@@ -209,6 +488,8 @@ def main() -> None:
         points_per_s=data.total_points / res["seconds"],
         peak_rss_mb=_peak_rss_mb(),
     )
+    if "rows" in res:
+        res["rows_per_s"] = res["rows"] / res["seconds"]
     json.dump(res, sys.stdout)
     print()
 

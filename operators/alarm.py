@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from operators.errors import RuleError
 from operators.events import Event
-from operators.record import PointBatch, TableCache, TagRef
+from operators.record import PickleCopy, PointBatch, TableCache, TagRef
 from operators.validate import tag_matches
 
 __all__ = ["AlarmEngine", "AlarmRule", "hysteresis"]
@@ -74,7 +74,7 @@ def hysteresis(
     return np.asarray(state, np.bool_)
 
 
-class AlarmEngine:
+class AlarmEngine(PickleCopy):
     """Evaluates alarm rules over batches and remembers which (rule, tag) are raised."""
 
     def __init__(self, rules: tuple[AlarmRule, ...]) -> None:

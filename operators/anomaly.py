@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from operators.errors import RuleError
 from operators.events import Event
-from operators.record import PointBatch, TableCache, TagRef
+from operators.record import PickleCopy, PointBatch, TableCache, TagRef
 from operators.validate import tag_matches
 
 __all__ = ["AnomalyDetector", "AnomalyRule"]
@@ -109,7 +109,7 @@ class _History:
     value: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
 
 
-class AnomalyDetector:
+class AnomalyDetector(PickleCopy):
     """Evaluates a set of rules over point batches; keeps each tag's lookback history."""
 
     def __init__(self, rules: tuple[AnomalyRule, ...]) -> None:

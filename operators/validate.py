@@ -25,6 +25,7 @@ import numpy.typing as npt
 from operators.errors import RuleError
 from operators.record import (
     DeadLetter,
+    PickleCopy,
     Point,
     PointBatch,
     Quality,
@@ -132,7 +133,7 @@ class _TablePlan:
     gid: npt.NDArray[np.int64]
 
 
-class Validator:
+class Validator(PickleCopy):
     """Stateful (per stream shard) validator; keeps each tag's newest timestamp and value."""
 
     def __init__(self, rules: ValidationRules, *, stage: str = "validate") -> None:

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.errors import RuleError
-from operators.record import ISA95_LEVELS, PointBatch, TableCache, TagRef, ms_to_iso
+from operators.record import ISA95_LEVELS, PickleCopy, PointBatch, TableCache, TagRef, ms_to_iso
 
 __all__ = [
     "POWER_UNITS",
@@ -292,7 +292,7 @@ class _Rollup:
     revision: int = -1
 
 
-class TumblingAggregator:
+class TumblingAggregator(PickleCopy):
     """Event-time tumbling windows over point batches for one shard (site) of the stream.
 
     Call :meth:`add` with each batch, :meth:`advance` when wall time passes, :meth:`flush` at
