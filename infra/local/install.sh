@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the real services need: Debian packages (PostgreSQL, mosquitto, InfluxDB 1.x,
-# JDK + Maven) and the Apache Kafka broker jars from Maven Central. Idempotent.
+# JDK + Maven, openssl) and the Apache Kafka broker jars from Maven Central. Idempotent.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 need_apt=()
@@ -9,6 +9,8 @@ command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need_apt+=(mo
 command -v influxd >/dev/null || need_apt+=(influxdb)
 command -v java >/dev/null || need_apt+=(default-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
+command -v openssl >/dev/null || need_apt+=(openssl)     # mosquitto's TLS listener certs
+command -v runuser >/dev/null || need_apt+=(util-linux)  # PostgreSQL runs as its own user
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
