@@ -33,4 +33,12 @@ wait_port() {
   return 1
 }
 
-pidfile_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# pidfile_alive PIDFILE [COMMAND]: the pid in the file runs (and is COMMAND, so that a stale
+# pid reused by another process after a reboot is never signalled).
+pidfile_alive() {
+  [[ -f "$1" ]] || return 1
+  local pid
+  pid="$(cat "$1")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  [[ -z "${2:-}" ]] || [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]]
+}

@@ -28,7 +28,7 @@ start_postgres() {
 start_mqtt() {
   local dir="$STATE_DIR/mosquitto"
   if port_open "$MQTT_PORT" && port_open "$MQTT_TLS_PORT"; then log "mosquitto already up"; return 0; fi
-  if [[ -f "$dir/mosquitto.pid" ]]; then kill "$(cat "$dir/mosquitto.pid")" 2>/dev/null || true; sleep 0.5; fi
+  if pidfile_alive "$dir/mosquitto.pid" mosquitto; then kill "$(cat "$dir/mosquitto.pid")"; sleep 0.5; fi
   mkdir -p "$dir"
   # A second listener with TLS (a local CA signs a cert for 127.0.0.1) and username/password.
   if [[ ! -f "$dir/server.crt" ]]; then

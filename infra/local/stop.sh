@@ -3,11 +3,11 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 stop_pidfile() {
-  local name=$1 pidfile=$2 i
-  if pidfile_alive "$pidfile"; then
+  local name=$1 pidfile=$2 comm=$3 i
+  if pidfile_alive "$pidfile" "$comm"; then
     kill "$(cat "$pidfile")"
-    for ((i = 0; i < 120; i++)); do pidfile_alive "$pidfile" || break; sleep 0.25; done
-    pidfile_alive "$pidfile" && kill -9 "$(cat "$pidfile")"
+    for ((i = 0; i < 120; i++)); do pidfile_alive "$pidfile" "$comm" || break; sleep 0.25; done
+    if pidfile_alive "$pidfile" "$comm"; then kill -9 "$(cat "$pidfile")"; fi
     log "$name stopped"
   else
     log "$name not running"
@@ -25,9 +25,9 @@ for s in "${services[@]}"; do
       else
         log "postgres not running"
       fi ;;
-    mqtt | mosquitto) stop_pidfile mosquitto "$STATE_DIR/mosquitto/mosquitto.pid" ;;
-    influx | influxdb) stop_pidfile influxdb "$STATE_DIR/influxdb/influxd.pid" ;;
-    kafka) stop_pidfile kafka "$STATE_DIR/kafka/kafka.pid" ;;
+    mqtt | mosquitto) stop_pidfile mosquitto "$STATE_DIR/mosquitto/mosquitto.pid" mosquitto ;;
+    influx | influxdb) stop_pidfile influxdb "$STATE_DIR/influxdb/influxd.pid" influxd ;;
+    kafka) stop_pidfile kafka "$STATE_DIR/kafka/kafka.pid" java ;;
     *) log "unknown service: $s"; exit 2 ;;
   esac
 done
