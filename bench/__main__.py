@@ -69,6 +69,8 @@ def machine() -> str:
 SERVICE_CASES = [  # case, tags, Hz, seconds, note
     ("kafka_consume", 1_000, 1.0, 1800, "raw consume of the raw topic: the limit for replay"),
     ("kafka_replay", 1_000, 1.0, 1800, "case 2: raw topic -> validate -> 1m/15m -> topic"),
+    ("ingest_modbus", 1_000, 1.0, 300, "case 3: Modbus simulator -> source -> raw topic"),
+    ("ingest_opcua", 1_000, 1.0, 300, "case 3: OPC UA simulator (polling) -> raw topic"),
     ("postgres_sink", 1_000, 1.0, 3600, "case 4: aggregate rows/s, COPY + upsert"),
     ("influx_sink", 1_000, 1.0, 3600, "case 4: aggregate rows/s, line protocol + gzip"),
 ]
@@ -88,7 +90,7 @@ def service_cases(quick: bool) -> None:
     """Cases against the infra/local services (skipped, and said so, when a service is down)."""
     ports = {"kafka": 19092, "postgres": 15432, "influx": 18086}
     for case, tags, hz, seconds, note in SERVICE_CASES:
-        service = case.split("_")[0]
+        service = "kafka" if case.startswith("ingest") else case.split("_")[0]
         if not _up(ports[service]):
             print(f"{case:<14} skipped: {service} is not running (bash infra/local/start.sh)")
             continue
