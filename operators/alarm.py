@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from operators.errors import RuleError
 from operators.events import Event
-from operators.record import PickleCopy, PointBatch, TableCache, TagRef
+from operators.record import PickleCopy, PointBatch, TableCache, TagRef, TagRegistry
 from operators.validate import tag_matches
 
 __all__ = ["AlarmEngine", "AlarmRule", "hysteresis"]
@@ -83,8 +83,7 @@ class AlarmEngine(PickleCopy):
             msg = f"alarm rule ids must be unique: {ids}"
             raise RuleError(msg)
         self.rules = rules
-        self._tags: list[TagRef] = []
-        self._gid_of: dict[TagRef, int] = {}
+        self._reg = TagRegistry()
         self._raised: dict[str, npt.NDArray[np.bool_]] = {
             r.id: np.zeros(0, np.bool_) for r in rules
         }
@@ -96,18 +95,14 @@ class AlarmEngine(PickleCopy):
         lut = np.full(len(tags), -1, np.int64)
         for i, ref in enumerate(tags):
             if tag_matches(rule.tags, ref):
-                gid = self._gid_of.get(ref)
-                if gid is None:
-                    gid = self._gid_of[ref] = len(self._tags)
-                    self._tags.append(ref)
-                lut[i] = gid
+                lut[i] = self._reg.id(ref)
         return lut
 
     def active(self) -> dict[str, set[str]]:
         """Return raised alarms: rule id -> tag paths."""
         out = {}
         for rule_id, raised in self._raised.items():
-            paths = {self._tags[g].path for g in np.flatnonzero(raised).tolist()}
+            paths = {self._reg[g].path for g in np.flatnonzero(raised).tolist()}
             if paths:
                 out[rule_id] = paths
         return out
@@ -128,9 +123,9 @@ class AlarmEngine(PickleCopy):
         if not sel.any():
             return []
         raised = self._raised[rule.id]
-        if len(raised) < len(self._tags):
+        if len(raised) < len(self._reg):
             raised = self._raised[rule.id] = np.r_[
-                raised, np.zeros(len(self._tags) - len(raised), np.bool_)
+                raised, np.zeros(len(self._reg) - len(raised), np.bool_)
             ]
         gid = gid_all[sel]
         ts = batch.ts_ms[sel]
@@ -150,7 +145,7 @@ class AlarmEngine(PickleCopy):
         prev[start] = initial
         events = []
         for k in np.flatnonzero(state != prev).tolist():
-            ref = self._tags[int(gid[k])]
+            ref = self._reg[int(gid[k])]
             up = bool(state[k])
             unit = ref.unit
             verb = "above" if rule.direction == "high" else "below"

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from operators.errors import RuleError
 from operators.events import Event
-from operators.record import PickleCopy, PointBatch, TableCache, TagRef
+from operators.record import PickleCopy, PointBatch, TableCache, TagRef, TagRegistry
 from operators.validate import tag_matches
 
 __all__ = ["AnomalyDetector", "AnomalyRule"]
@@ -118,8 +118,7 @@ class AnomalyDetector(PickleCopy):
             msg = f"anomaly rule ids must be unique: {ids}"
             raise RuleError(msg)
         self.rules = rules
-        self._tags: list[TagRef] = []
-        self._gid_of: dict[TagRef, int] = {}
+        self._reg = TagRegistry()
         self._match: dict[str, dict[TagRef, bool]] = {r.id: {} for r in rules}
         self._hist: dict[str, _History] = {r.id: _History() for r in rules}
         self._active: dict[str, set[int]] = {r.id: set() for r in rules}
@@ -130,13 +129,6 @@ class AnomalyDetector(PickleCopy):
         self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
             r.id: TableCache(partial(self._rule_lut, r)) for r in rules
         }
-
-    def _gid(self, ref: TagRef) -> int:
-        gid = self._gid_of.get(ref)
-        if gid is None:
-            gid = self._gid_of[ref] = len(self._tags)
-            self._tags.append(ref)
-        return gid
 
     def process(self, batch: PointBatch) -> list[Event]:
         """Evaluate all rules on a batch; return raise/clear events in time order."""
@@ -157,7 +149,7 @@ class AnomalyDetector(PickleCopy):
             if m is None:
                 m = cache[ref] = tag_matches(rule.tags, ref)
             if m:
-                lut[i] = self._gid(ref)
+                lut[i] = self._reg.id(ref)
         return lut
 
     def _run(self, rule: AnomalyRule, batch: PointBatch) -> list[Event]:
@@ -174,9 +166,9 @@ class AnomalyDetector(PickleCopy):
         # Points are evaluated in arrival order per tag: a point not newer than the tag's
         # newest evaluated point (late, or a duplicate) is skipped and counted.
         newest = self._newest[rule.id]
-        if len(newest) < len(self._tags):
+        if len(newest) < len(self._reg):
             newest = self._newest[rule.id] = np.r_[
-                newest, np.full(len(self._tags) - len(newest), -1, np.int64)
+                newest, np.full(len(self._reg) - len(newest), -1, np.int64)
             ]
         ts = key & _TS_MASK
         first = np.r_[True, g[1:] != g[:-1]]
@@ -303,7 +295,7 @@ class AnomalyDetector(PickleCopy):
         for k in np.flatnonzero(cn != prev).tolist():
             p = pos[k]
             gid = int(gn[k])
-            ref = self._tags[gid]
+            ref = self._reg[gid]
             raised = bool(cn[k])
             if raised:
                 active.add(gid)

@@ -31,6 +31,7 @@ __all__ = [
     "Quality",
     "TableCache",
     "TagRef",
+    "TagRegistry",
     "Value",
     "ms_to_datetime",
     "ms_to_iso",
@@ -249,6 +250,32 @@ class Point:
         except KeyError as e:
             msg = f"point is missing field {e.args[0]!r}"
             raise RecordError(msg) from e
+
+
+class TagRegistry:
+    """Dense integer ids for tag references, in order of first sight (per operator state)."""
+
+    def __init__(self) -> None:
+        self.tags: list[TagRef] = []
+        self._ids: dict[TagRef, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def __getitem__(self, gid: int) -> TagRef:
+        return self.tags[gid]
+
+    def id(self, ref: TagRef) -> int:
+        """Return the id of ``ref``, assigning the next one on first sight."""
+        gid = self._ids.get(ref)
+        if gid is None:
+            gid = self._ids[ref] = len(self.tags)
+            self.tags.append(ref)
+        return gid
+
+    def ids(self, tags: tuple[TagRef, ...], dtype: npt.DTypeLike = np.int64) -> npt.NDArray[Any]:
+        """Return the ids of a batch's tag table."""
+        return np.fromiter((self.id(t) for t in tags), dtype, len(tags))
 
 
 class PickleCopy:

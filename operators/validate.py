@@ -31,6 +31,7 @@ from operators.record import (
     Quality,
     TableCache,
     TagRef,
+    TagRegistry,
     ms_to_iso,
 )
 
@@ -144,7 +145,7 @@ class Validator(PickleCopy):
         self.rules = rules
         self.stage = stage
         self._plans: dict[TagRef, _TagPlan] = {}
-        self._gid_of: dict[TagRef, int] = {}
+        self._reg = TagRegistry()
         self._last_ts = np.empty(0, np.int64)
         self._last_val = np.empty(0, np.float64)
         self._last_change = np.empty(0, np.int64)
@@ -189,13 +190,8 @@ class Validator(PickleCopy):
         return plan
 
     def _gids(self, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int64]:
-        lut = np.empty(len(tags), np.int64)
-        for i, ref in enumerate(tags):
-            gid = self._gid_of.get(ref)
-            if gid is None:
-                gid = self._gid_of[ref] = len(self._gid_of)
-            lut[i] = gid
-        n = len(self._gid_of)
+        lut = self._reg.ids(tags)
+        n = len(self._reg)
         if n > len(self._last_ts):
             grow = n - len(self._last_ts)
             self._last_ts = np.r_[self._last_ts, np.full(grow, np.iinfo(np.int64).min)]

@@ -34,7 +34,15 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.errors import RuleError
-from operators.record import ISA95_LEVELS, PickleCopy, PointBatch, TableCache, TagRef, ms_to_iso
+from operators.record import (
+    ISA95_LEVELS,
+    PickleCopy,
+    PointBatch,
+    TableCache,
+    TagRef,
+    TagRegistry,
+    ms_to_iso,
+)
 
 __all__ = [
     "POWER_UNITS",
@@ -334,8 +342,7 @@ class TumblingAggregator(PickleCopy):
         self.allowed_lateness_ms = allowed_lateness_ms
         self.idle_close = idle_close
         self.reopen_horizon_ms = window_ms if reopen_horizon_ms is None else reopen_horizon_ms
-        self._tags: list[TagRef] = []
-        self._gid_of: dict[TagRef, int] = {}
+        self._reg = TagRegistry()
         self._luts: TableCache[npt.NDArray[np.int32]] = TableCache(self._gids)
         self._tag_max = np.empty(0, np.int64)
         self._open: dict[int, _Buf] = {}
@@ -371,15 +378,9 @@ class TumblingAggregator(PickleCopy):
         return self._wall_at_max_ms + max(lag, 0)
 
     def _gids(self, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int32]:
-        lut = np.empty(len(tags), np.int32)
-        for i, ref in enumerate(tags):
-            gid = self._gid_of.get(ref)
-            if gid is None:
-                gid = self._gid_of[ref] = len(self._tags)
-                self._tags.append(ref)
-            lut[i] = gid
-        if len(self._tag_max) < len(self._tags):
-            grow = len(self._tags) - len(self._tag_max)
+        lut = self._reg.ids(tags, np.int32)
+        if len(self._tag_max) < len(self._reg):
+            grow = len(self._reg) - len(self._tag_max)
             self._tag_max = np.r_[self._tag_max, np.full(grow, np.iinfo(np.int64).min // 2)]
         return lut
 
@@ -486,7 +487,7 @@ class TumblingAggregator(PickleCopy):
             summary,
             window_ms=window_ms,
             start_ms=start,
-            tags=self._tags,
+            tags=self._reg.tags,
             closed_by=closed_by,
             revision=revision,
         )
