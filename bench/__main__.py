@@ -10,7 +10,7 @@ Each case runs in a fresh process on the same generated data (1% invalid, 1% lat
 
 The chain's aggregates must equal the numpy reference (row counts, point counts, sums).
 
-Then ``live_latency`` (a 100k points/s stream paced in wall time, 75 s) and, when the
+Then ``live_latency`` (a 100k points/s stream paced in wall time, 190 s) and, when the
 infra/local services run, Kafka replay against raw consumption (case 2) and sink rows/s
 (case 4).
 """
@@ -68,7 +68,7 @@ def machine() -> str:
 
 SERVICE_CASES = [  # case, tags, Hz, seconds, note
     ("kafka_consume", 1_000, 1.0, 1800, "raw consume of the raw topic: the limit for replay"),
-    ("kafka_replay", 1_000, 1.0, 1800, "case 2: raw topic -> validate -> 1m/15m -> topic"),
+    ("kafka_replay", 1_000, 1.0, 1800, "case 2: raw topic -> the chain of case 1 -> topics"),
     ("ingest_modbus", 1_000, 1.0, 300, "case 3: Modbus simulator -> source -> raw topic"),
     ("ingest_opcua", 1_000, 1.0, 300, "case 3: OPC UA simulator (polling) -> raw topic"),
     ("postgres_sink", 1_000, 1.0, 3600, "case 4: aggregate rows/s, COPY + upsert"),
@@ -136,14 +136,16 @@ def main() -> None:
                 f"{r['points_per_s']:>12,.0f} {r['peak_rss_mb']:>8.0f}  {note}"
             )
     if not args.quick:
-        r = run_case("live_latency", 10_000, 10.0, 75)
+        r = run_case("live_latency", 10_000, 10.0, 190)
+        wait = r["allowed_lateness_ms"]
         print(
             f"{'live_latency':<14} {r['tags']:>6} {r['hz']:>4g} {r['points']:>11,} pts  "
             f"{r['points_per_s']:>12,.0f} pts/s {r['peak_rss_mb']:>6.0f} MB  live stream paced "
             f"in wall time: point->sink p50 {r['points_p50_ms']:.0f} ms, p99 "
-            f"{r['points_p99_ms']:.0f} ms; 1m window end->sink p50 "
-            f"{r['window_close_p50_ms']:.0f} ms, p99 {r['window_close_p99_ms']:.0f} ms "
-            f"(includes the {r['allowed_lateness_ms']} ms allowed lateness)"
+            f"{r['points_p99_ms']:.0f} ms (incl. up to 100 ms coalescing); "
+            f"{r['windows_closed']} 1m windows, end->sink p50 {r['window_close_p50_ms']:.0f} ms, "
+            f"max {r['window_close_max_ms']:.0f} ms = {wait} ms allowed lateness + "
+            f"{r['window_close_max_ms'] - wait:.0f} ms"
         )
     service_cases(args.quick)
     print(f"# total {time.perf_counter() - t0:.0f} s")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from bench.data import START_MS, BenchData
 from operators.record import PointBatch
@@ -33,8 +34,18 @@ def _peak_rss_mb() -> float:
 
 
 def _checksum(windows: list[WindowAggregates]) -> dict[str, float]:
-    out: dict[str, float] = {}
+    """Row and point counts, sums and maxima of the final revision of every window.
+
+    A window closed early and re-emitted later (``revision + 1``) is counted once, as its
+    last revision: when that happens depends on batching, the final rows do not.
+    """
+    finals: dict[tuple[int, int], WindowAggregates] = {}
     for w in windows:
+        key = (w.window_ms, w.start_ms)
+        if key not in finals or w.revision >= finals[key].revision:
+            finals[key] = w
+    out: dict[str, float] = {}
+    for _, w in sorted(finals.items(), key=lambda kv: kv[0]):
         out[f"{w.label}_rows"] = out.get(f"{w.label}_rows", 0) + len(w)
         out[f"{w.label}_count"] = out.get(f"{w.label}_count", 0) + int(w.count.sum())
         out[f"{w.label}_sum"] = out.get(f"{w.label}_sum", 0.0) + float(w.sum.sum())
@@ -48,6 +59,74 @@ def _valid_batches(data: BenchData) -> Iterator[PointBatch]:
         yield v.process(b).ok
 
 
+class _CountingPart(StatelessSinkPartition[Any]):
+    def __init__(self, counts: dict[str, int], name: str) -> None:
+        self.counts, self.name = counts, name
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.counts[self.name] += len(items)
+
+
+class _CountingSink(DynamicSink[Any]):
+    """A Bytewax sink that counts items (under ``name``) and keeps none."""
+
+    def __init__(self, counts: dict[str, int], name: str) -> None:
+        self.counts, self.name = counts, name
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountingPart:
+        return _CountingPart(self.counts, self.name)
+
+
+# The chain of cases 1 and 2: the demo site's rules on the bench tags, and the shipped models.
+ANOMALY_RULES: list[dict[str, Any]] = [
+    {"id": "soc-drop", "kind": "drop", "tags": "soc", "lookback_ms": 300_000, "threshold": 0.2},
+    {
+        "id": "power-spike",
+        "kind": "spike",
+        "tags": "ac_power",
+        "lookback_ms": 60_000,
+        "factor": 2.0,
+        "min_baseline": 1.0,
+    },
+    {
+        "id": "eff-drop",
+        "kind": "drop",
+        "tags": "efficiency",
+        "lookback_ms": 600_000,
+        "threshold": 0.15,
+        "ignore_below": 50,
+    },
+    {
+        "id": "v-dev",
+        "kind": "deviation",
+        "tags": "dc_voltage",
+        "lookback_ms": 120_000,
+        "threshold": 0.1,
+        "nominal": 620.0,
+    },
+]
+ALARM_RULES: list[dict[str, Any]] = [
+    {"id": "over-temp", "tags": "temperature", "limit": 85.0, "deadband": 5.0}
+]
+_MODELS_META = json.loads((ROOT / "models" / "inverter_models.json").read_text())
+INFERENCE: dict[str, Any] = {
+    "type": "inference",
+    "assets": "*/pv/*/inv-*",
+    "features": _MODELS_META["features"],
+    "models": [
+        {
+            "name": m["name"],
+            "path": str(ROOT / "models" / m["file"]),
+            "output": m["output"],
+            "column": m.get("column"),
+            "negate": m.get("negate", False),
+            "threshold": m.get("threshold"),
+        }
+        for m in _MODELS_META["models"]
+    ],
+}
+
+
 # -- case 1: the operator chain in a Bytewax flow ---------------------------------------------
 def chain(data: BenchData) -> dict[str, Any]:
     """validate -> 1m/15m aggregate -> anomaly rules -> alarms -> ONNX on 1m features."""
@@ -58,38 +137,20 @@ def chain(data: BenchData) -> dict[str, Any]:
     from flows.build import shard_key
     from operators.alarm import AlarmRule
     from operators.anomaly import AnomalyRule
-    from operators.dataflow import aggregate, alarms, anomalies, score_windows, validate
+    from operators.dataflow import aggregate, alarms, anomalies, coalesce, score_windows, validate
     from operators.inference import ModelSpec, OnnxScorer, load_feature_specs
 
-    meta = json.loads((ROOT / "models" / "inverter_models.json").read_text())
-    specs = load_feature_specs(meta["features"])
-    models = tuple(
-        ModelSpec(
-            m["name"],
-            ROOT / "models" / m["file"],
-            m["output"],
-            m.get("column"),
-            m.get("negate", False),
-            m.get("threshold"),
-        )
-        for m in meta["models"]
-    )
+    specs = load_feature_specs(INFERENCE["features"])
+    models = tuple(ModelSpec(**{**m, "path": Path(m["path"])}) for m in INFERENCE["models"])
     flow = Dataflow("bench_chain")
     src = op.input("in", flow, TestingSource(data.batches()))
     keyed = op.key_on("key", src, shard_key)
     v = validate("validate", keyed, RULES)
-    agg = aggregate("agg", v.oks, allowed_lateness_ms=5000, idle_close=False)
-    an = anomalies(
-        "anomaly",
-        v.oks,
-        (
-            AnomalyRule("soc-drop", "drop", "soc", 300_000, 0.2),
-            AnomalyRule("power-spike", "spike", "ac_power", 60_000, factor=2.0, min_baseline=1.0),
-            AnomalyRule("eff-drop", "drop", "efficiency", 600_000, 0.15, ignore_below=50),
-            AnomalyRule("v-dev", "deviation", "dc_voltage", 120_000, 0.1, nominal=620.0),
-        ),
-    )
-    al = alarms("alarm", v.oks, (AlarmRule("over-temp", "temperature", 85.0, 5.0),))
+    # As flows.build does after validation (the site config's default coalescing).
+    oks = coalesce("coalesce", v.oks, max_points=50_000, max_delay_ms=100)
+    agg = aggregate("agg", oks, allowed_lateness_ms=5000, idle_close=False)
+    an = anomalies("anomaly", oks, tuple(AnomalyRule(**r) for r in ANOMALY_RULES))
+    al = alarms("alarm", oks, tuple(AlarmRule(**r) for r in ALARM_RULES))
     scored = score_windows(
         "onnx", agg.aggregates, lambda: OnnxScorer(60_000, "*/pv/*/inv-*", specs, models)
     )
@@ -97,13 +158,14 @@ def chain(data: BenchData) -> dict[str, Any]:
     events: list[Any] = []
     op.output("aggs", agg.aggregates, TestingSink(windows))
     op.output("events", op.merge("ev", an, al, scored.events), TestingSink(events))
-    op.output("dead", v.errs, TestingSink([]))
-    op.output("late", agg.late, TestingSink([]))
-    op.output("scores", scored.kpis, TestingSink([]))
+    # Dead letters, late points and scores are counted, not kept: a real flow writes them out.
+    counts = {"dead": 0, "late": 0, "scores": 0}
+    for name, stream in (("dead", v.errs), ("late", agg.late), ("scores", scored.kpis)):
+        op.output(name, stream, _CountingSink(counts, name))
     t0 = time.perf_counter()
     run_main(flow)
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "checksum": _checksum(windows), "events": len(events)}
+    return {"seconds": dt, "checksum": _checksum(windows), "events": len(events), **counts}
 
 
 # -- references --------------------------------------------------------------------------------
@@ -202,7 +264,7 @@ def live_latency(data: BenchData) -> dict[str, Any]:
     from bytewax.testing import run_main
 
     from flows.build import shard_key
-    from operators.dataflow import aggregate, validate
+    from operators.dataflow import aggregate, coalesce, validate
     from operators.record import now_ms
 
     step_ms = 100
@@ -259,8 +321,9 @@ def live_latency(data: BenchData) -> dict[str, Any]:
     flow = Dataflow("latency")
     keyed = op.key_on("k", op.input("in", flow, Src()), shard_key)
     v = validate("v", keyed, RULES)
-    agg = aggregate("agg", v.oks, allowed_lateness_ms=1000, idle_close=True)
-    pts = op.map("p", op.key_rm("unkey", v.oks), lambda b: ("p", b))
+    oks = coalesce("coalesce", v.oks, max_points=50_000, max_delay_ms=100)
+    agg = aggregate("agg", oks, allowed_lateness_ms=1000, idle_close=True)
+    pts = op.map("p", op.key_rm("unkey", oks), lambda b: ("p", b))
     aggs = op.map(
         "a", op.filter("1m", agg.aggregates, lambda w: w.window_ms == 60_000), lambda w: ("a", w)
     )
@@ -275,6 +338,8 @@ def live_latency(data: BenchData) -> dict[str, Any]:
         "points_p99_ms": float(np.percentile(p, 99)),
         "window_close_p50_ms": float(np.percentile(a, 50)) if len(a) else None,
         "window_close_p99_ms": float(np.percentile(a, 99)) if len(a) else None,
+        "window_close_max_ms": float(a.max()) if len(a) else None,
+        "windows_closed": len(a),
         "allowed_lateness_ms": 1000,
     }
 
@@ -452,13 +517,14 @@ def kafka_consume(data: BenchData) -> dict[str, Any]:
 
 
 def kafka_replay(data: BenchData) -> dict[str, Any]:
-    """Case 2: raw topic -> validate -> 1m/15m aggregates -> aggregates topic."""
+    """Case 2: raw topic -> the chain of case 1 -> topics (aggregates, events, late, ...)."""
     import uuid
 
     from flows.build import build_flow
     from flows.config import parse_site
 
     topic, messages = _fill_topic(data, 10)
+    run = uuid.uuid4().hex[:8]
     site = parse_site(
         {
             "name": "bench",
@@ -480,12 +546,18 @@ def kafka_replay(data: BenchData) -> dict[str, Any]:
                     "max_past_ms": None,
                 },
                 {"type": "aggregate", "allowed_lateness_ms": 5000, "idle_close": False},
+                {"type": "anomaly", "rules": ANOMALY_RULES},
+                {"type": "alarm", "rules": ALARM_RULES},
+                INFERENCE,
             ],
             "sinks": [
                 {
                     "type": "kafka",
                     "kafka": {"bootstrap_servers": _bootstrap()},
-                    "topics": {"aggregates": f"edgeflow.bench.{uuid.uuid4().hex[:8]}.agg"},
+                    "topics": {
+                        name: f"edgeflow.bench.{run}.{name}"
+                        for name in ("aggregates", "events", "kpis", "late", "dead_letters")
+                    },
                 }
             ],
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, TextIO
 
@@ -13,7 +14,7 @@ from operators.kpi import Kpi
 from operators.record import DeadLetter, ms_to_iso
 from operators.window import POWER_UNITS, WindowAggregates
 
-__all__ = ["ConsoleSink", "format_item"]
+__all__ = ["ConsoleSink", "UnroutedSink", "format_item"]
 
 
 def _fmt_agg(w: WindowAggregates, max_rows: int) -> list[str]:
@@ -74,3 +75,38 @@ class ConsoleSink(DynamicSink[tuple[str, Any]]):
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ConsolePartition:
         return _ConsolePartition(self.out or sys.stdout, self.max_rows)
+
+
+log = logging.getLogger("edgeflow.unrouted")
+
+
+class _UnroutedPartition(StatelessSinkPartition[Any]):
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+
+    @override
+    def write_batch(self, items: list[Any]) -> None:
+        n = sum(len(i) if isinstance(i, list) else 1 for i in items)
+        first = items[0]
+        why = getattr(first, "reason", "")
+        log.warning(
+            "%d %s item(s) and no sink subscribes to %r (add it to a sink's streams); first: %s",
+            n,
+            self.stream,
+            self.stream,
+            why or first,
+        )
+
+
+class UnroutedSink(DynamicSink[Any]):
+    """Logs a warning for items of a stream no configured sink takes (e.g. dead letters).
+
+    Rejected and late data must never vanish silently, even when a site forgot to route it.
+    """
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+
+    @override
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _UnroutedPartition:
+        return _UnroutedPartition(self.stream)

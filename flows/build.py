@@ -20,7 +20,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import KeyedStream
 
 from connectors.codec import CONTENT_TYPES, encode_points, encode_row
-from connectors.console import ConsoleSink
+from connectors.console import ConsoleSink, UnroutedSink
 from connectors.files import JsonLinesSink
 from connectors.influx import InfluxWriter
 from connectors.kafka import KafkaMessage, KafkaPointsSource, KafkaSink, end_offsets
@@ -62,6 +62,7 @@ from operators.dataflow import (
     aggregate,
     alarms,
     anomalies,
+    coalesce,
     late_dead_letters,
     score_windows,
     validate,
@@ -192,7 +193,15 @@ def _scorer_factory(step: InferenceOp) -> Callable[[], OnnxScorer]:
 def _apply(step: Any, s: Streams) -> Streams:
     if isinstance(step, ValidateOp):
         out = validate(step.id, s.points, _rules(step))
-        return replace(s, points=out.oks).add("dead_letters", out.errs).add("events", out.events)
+        oks = out.oks
+        if step.coalesce_max_points:
+            oks = coalesce(
+                f"{step.id}_coalesce",
+                oks,
+                max_points=step.coalesce_max_points,
+                max_delay_ms=step.coalesce_max_delay_ms,
+            )
+        return replace(s, points=oks).add("dead_letters", out.errs).add("events", out.events)
     if isinstance(step, AggregateOp):
         agg = aggregate(
             step.id,
@@ -260,17 +269,17 @@ def _tag(name: str, item: Any) -> tuple[str, Any]:
     return (name, item)
 
 
-def _point_messages(encoding: Any, batch: PointBatch) -> list[KafkaMessage]:
+def _point_messages(encoding: Any, batch: PointBatch) -> list[tuple[str, KafkaMessage]]:
     # Stamp messages with the edge receive time: seek-by-time and skew checks use it.
-    return [(k, v, batch.received_ms or ts) for k, v, ts in encode_points(batch, encoding)]
+    return [("", (k, v, batch.received_ms or ts)) for k, v, ts in encode_points(batch, encoding)]
 
 
-def _row_messages(stream: str, item: Any) -> list[KafkaMessage]:
-    out: list[KafkaMessage] = []
+def _row_messages(stream: str, item: Any) -> list[tuple[str, KafkaMessage]]:
+    out: list[tuple[str, KafkaMessage]] = []
     for row in to_rows(stream, item):
         ts = row.get("ts_ms", row.get("start_ms"))
         key = row.get("path") or row.get("payload", {}).get("path") or stream
-        out.append((str(key), encode_row(row), ts if isinstance(ts, int) else None))
+        out.append(("", (str(key), encode_row(row), ts if isinstance(ts, int) else None)))
     return out
 
 
@@ -307,7 +316,19 @@ def _influx(s: Streams, sink: InfluxSinkConfig) -> Streams:
     return s.add("dead_letters", dead)
 
 
+def _subscribed(site: SiteConfig) -> set[str]:
+    names: set[str] = set()
+    for sink in site.sinks:
+        names.update(sink.topics if isinstance(sink, KafkaSinkConfig) else sink.streams)
+    return names
+
+
 def _sinks(s: Streams, site: SiteConfig, out_dir: Path | None) -> None:
+    subscribed = _subscribed(site)
+    for name in ("dead_letters", "late"):
+        stream = _collect(s, name, f"unrouted_{name}") if name not in subscribed else None
+        if stream is not None:
+            op.output(f"unrouted_{name}", stream, UnroutedSink(name))
     for sink in site.sinks:
         if isinstance(sink, InfluxSinkConfig):
             s = _influx(s, sink)

@@ -332,6 +332,15 @@ class ValidateOp(_Model):
     conversions: tuple[UnitConversionConfig, ...] = ()
     stale_after_ms: int | None = Field(default=None, gt=0)
     stale_tags: str = "*"
+    coalesce_max_points: int = Field(
+        default=50_000,
+        ge=0,
+        description="merge accepted batches up to this many points for the operators after "
+        "validation (0: off)",
+    )
+    coalesce_max_delay_ms: int = Field(
+        default=100, ge=0, description="longest a batch waits to be merged (wall time)"
+    )
 
 
 class AggregateOp(_Model):

@@ -107,6 +107,35 @@ def _range_query(
 class _History:
     key: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     value: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
+    # Mean rules: the tag's running sum of all evaluated values up to each point.
+    prefix: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
+
+
+def _running_sums(
+    start: npt.NDArray[np.float64],
+    val: npt.NDArray[np.float64],
+    starts: npt.NDArray[np.intp],
+    ends: npt.NDArray[np.intp],
+) -> npt.NDArray[np.float64]:
+    """Per-run running sums ``start[r] + v_0 + ... + v_i``, added strictly one after another.
+
+    The additions happen in the same order however the points were batched, so window sums
+    taken as differences of these running sums are identical in a live run and a replay.
+    """
+    lengths = ends - starts
+    width = int(lengths.max()) if len(lengths) else 0
+    out = np.empty(len(val), np.float64)
+    if len(lengths) * (width + 1) <= 4 * len(val) + 64:
+        grid = np.zeros((len(lengths), width + 1), np.float64)
+        grid[:, 0] = start
+        col = np.arange(len(val)) - np.repeat(starts, lengths) + 1
+        row = np.repeat(np.arange(len(lengths)), lengths)
+        grid[row, col] = val
+        out[:] = np.cumsum(grid, axis=1)[row, col]  # accumulate runs along each row in order
+        return out
+    for r, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        out[a:b] = np.cumsum(np.r_[start[r], val[a:b]])[1:]
+    return out
 
 
 class AnomalyDetector(PickleCopy):
@@ -124,6 +153,9 @@ class AnomalyDetector(PickleCopy):
         self._active: dict[str, set[int]] = {r.id: set() for r in rules}
         self._newest: dict[str, npt.NDArray[np.int64]] = {
             r.id: np.empty(0, np.int64) for r in rules
+        }
+        self._total: dict[str, npt.NDArray[np.float64]] = {
+            r.id: np.empty(0, np.float64) for r in rules
         }
         self.skipped: dict[str, int] = {}
         self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
@@ -159,25 +191,28 @@ class AnomalyDetector(PickleCopy):
             sel &= batch.value >= rule.ignore_below
         if not sel.any():
             return []
-        key = (gid[sel] << _TS_BITS) | batch.ts_ms[sel]
-        order = np.argsort(key, kind="stable")
-        key, val = key[order], batch.value[sel][order]
-        g = key >> _TS_BITS
-        # Points are evaluated in arrival order per tag: a point not newer than the tag's
-        # newest evaluated point (late, or a duplicate) is skipped and counted.
+        # Points are evaluated in arrival order per tag: a point not newer than every point
+        # of its tag that arrived before it (in earlier batches or earlier in this one) is
+        # late or a duplicate; it is skipped and counted. Batching therefore never matters.
         newest = self._newest[rule.id]
         if len(newest) < len(self._reg):
             newest = self._newest[rule.id] = np.r_[
                 newest, np.full(len(self._reg) - len(newest), -1, np.int64)
             ]
-        ts = key & _TS_MASK
-        first = np.r_[True, g[1:] != g[:-1]]
-        fresh = (ts > newest[g]) & (first | (key != np.r_[-1, key[:-1]]))
+        order = np.argsort(gid[sel], kind="stable")  # by tag, arrival order within a tag
+        g, ts, val = gid[sel][order], batch.ts_ms[sel][order], batch.value[sel][order]
+        brk = np.r_[True, g[1:] != g[:-1]]
+        off = (np.cumsum(brk) - 1) << (_TS_BITS + 1)  # keeps the runs apart in one scan
+        run = np.maximum.accumulate(ts + off) - off
+        before = np.r_[-1, run[:-1]]
+        before[brk] = -1
+        fresh = ts > np.maximum(before, newest[g])
         if not fresh.all():
             self.skipped[rule.id] = self.skipped.get(rule.id, 0) + int((~fresh).sum())
-            key, val, g, ts = key[fresh], val[fresh], g[fresh], ts[fresh]
-            if not len(key):
+            g, ts, val = g[fresh], ts[fresh], val[fresh]
+            if not len(g):
                 return []
+        key = (g << _TS_BITS) | ts  # sorted: fresh points rise in time within each tag
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
         ends = np.r_[starts[1:], len(g)] - 1
         newest[g[ends]] = ts[ends]
@@ -212,14 +247,26 @@ class AnomalyDetector(PickleCopy):
                     score = np.where(ext > 0, val / ext, 0.0)
             baseline = ext
         else:
-            csum = np.r_[0.0, np.cumsum(val)]
             n_new = np.arange(len(val)) - lo_new + 1
-            s_new = csum[np.arange(len(val)) + 1] - csum[lo_new]
-            h_csum = np.r_[0.0, np.cumsum(hist.value)]
             n_hist = np.where(has_hist, h_end - h_lo, 0)
-            s_hist = np.where(has_hist, h_csum[h_end] - h_csum[h_lo], 0.0)
+            prefix = None
             if rule.kind == "deviation":
-                mean = (s_new + s_hist) / (n_new + n_hist)
+                total = self._total[rule.id]
+                if len(total) < len(self._reg):
+                    total = self._total[rule.id] = np.r_[
+                        total, np.zeros(len(self._reg) - len(total), np.float64)
+                    ]
+                prefix = _running_sums(total[g[starts]], val, starts, ends + 1)
+                total[g[ends]] = prefix[ends]
+                # Window sum = running sum here - running sum at the window's first point
+                # + that point's value (from the history when the window reaches into it).
+                first = np.minimum(h_lo, max(len(hist.key) - 1, 0))
+                if len(hist.key):
+                    first_p = np.where(has_hist, hist.prefix[first], prefix[lo_new])
+                    first_v = np.where(has_hist, hist.value[first], val[lo_new])
+                else:
+                    first_p, first_v = prefix[lo_new], val[lo_new]
+                mean = (prefix - first_p + first_v) / (n_new + n_hist)
                 assert rule.nominal is not None
                 score = np.abs(mean - rule.nominal) / abs(rule.nominal)
                 cond = score >= rule.threshold
@@ -238,7 +285,7 @@ class AnomalyDetector(PickleCopy):
                 cond = (score >= rule.threshold) & (span_ms * 2 >= rule.lookback_ms)
                 baseline = old_v
         events = self._transitions(rule, g, ts, val, cond, score, baseline)
-        self._update_history(rule, hist, key, val)
+        self._update_history(rule, hist, key, val, prefix if rule.kind == "deviation" else None)
         return events
 
     def _update_history(
@@ -247,12 +294,14 @@ class AnomalyDetector(PickleCopy):
         hist: _History,
         key: npt.NDArray[np.int64],
         val: npt.NDArray[np.float64],
+        prefix: npt.NDArray[np.float64] | None = None,
     ) -> None:
         """Merge the batch into the history and keep only what later lookbacks can reach."""
         all_key = np.concatenate([hist.key, key])
         all_val = np.concatenate([hist.value, val])
         order = np.argsort(all_key, kind="stable")  # two sorted runs: a linear merge
         all_key, all_val = all_key[order], all_val[order]
+        all_p = None if prefix is None else np.concatenate([hist.prefix, prefix])[order]
         g = all_key >> _TS_BITS
         ts = all_key & _TS_MASK
         brk = np.r_[True, g[1:] != g[:-1]]
@@ -273,6 +322,8 @@ class AnomalyDetector(PickleCopy):
             later[rev_brk] = -1
             keep &= (rev_rank > later)[::-1]
         hist.key, hist.value = all_key[keep], all_val[keep]
+        if all_p is not None:
+            hist.prefix = all_p[keep]
 
     def _transitions(
         self,

@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from operators.alarm import AlarmEngine, AlarmRule
 from operators.anomaly import AnomalyDetector, AnomalyRule
+from operators.batching import Coalescer
 from operators.events import Event
 from operators.kpi import Kpi
 from operators.record import DeadLetter, PointBatch, ms_to_iso, now_ms
@@ -33,6 +34,7 @@ __all__ = [
     "WindowScoresOut",
     "aggregate",
     "alarms",
+    "coalesce",
     "anomalies",
     "late_dead_letters",
     "score_windows",
@@ -89,6 +91,45 @@ def validate(step_id: str, up: KeyedStream[PointBatch], rules: ValidationRules) 
     errs = op.filter_map("errs", tagged, lambda kv: kv[1][1] if kv[1][0] == "err" else None)
     events = op.filter_map("events", tagged, lambda kv: kv[1][1] if kv[1][0] == "event" else None)
     return ValidateOut(oks, errs, events)
+
+
+class _CoalesceLogic(StatefulLogic[PointBatch, PointBatch, Coalescer]):
+    def __init__(self, state: Coalescer) -> None:
+        self.state = state
+
+    @override
+    def on_item(self, value: PointBatch) -> tuple[Iterable[PointBatch], bool]:
+        return self.state.add(value, now_ms()), StatefulLogic.RETAIN
+
+    @override
+    def on_notify(self) -> tuple[Iterable[PointBatch], bool]:
+        return self.state.poll(now_ms()), StatefulLogic.RETAIN
+
+    @override
+    def on_eof(self) -> tuple[Iterable[PointBatch], bool]:
+        return self.state.take(), StatefulLogic.RETAIN
+
+    @override
+    def notify_at(self) -> datetime | None:
+        due = self.state.due_ms()
+        return None if due is None else datetime.fromtimestamp(due / 1000, tz=UTC)
+
+    @override
+    def snapshot(self) -> Coalescer:
+        return copy.deepcopy(self.state)
+
+
+@operator
+def coalesce(
+    step_id: str, up: KeyedStream[PointBatch], *, max_points: int, max_delay_ms: int
+) -> KeyedStream[PointBatch]:
+    """Merge consecutive small batches (per key) into larger ones; see :mod:`operators.batching`."""
+    Coalescer(max_points=max_points, max_delay_ms=max_delay_ms)
+
+    def builder(resume: Coalescer | None) -> _CoalesceLogic:
+        return _CoalesceLogic(resume or Coalescer(max_points=max_points, max_delay_ms=max_delay_ms))
+
+    return op.stateful("merge", up, builder)
 
 
 @dataclass(frozen=True)

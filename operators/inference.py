@@ -24,6 +24,7 @@ import numpy.typing as npt
 from operators.errors import OperatorError, RuleError
 from operators.events import Event
 from operators.kpi import Kpi
+from operators.record import TagRef
 from operators.window import WindowAggregates
 
 __all__ = [
@@ -84,34 +85,54 @@ def _reduce(values: npt.NDArray[np.float64], how: str) -> float:
     return float(values.mean())
 
 
+def _tag_plan(
+    t: TagRef, assets_glob: str, specs: tuple[FeatureSpec, ...]
+) -> tuple[str | None, tuple[bool, ...]]:
+    """Return (the tag's asset if it matches ``assets_glob``, which specs the tag feeds)."""
+    machine = t.path.rsplit("/", 1)[0]
+    asset = machine if fnmatch.fnmatchcase(machine, assets_glob) else None
+    feeds = tuple(
+        fnmatch.fnmatchcase(t.path if s.scope == "site" and "/" in s.tags else t.tag, s.tags)
+        for s in specs
+    )
+    return asset, feeds
+
+
 def assemble_features(
-    w: WindowAggregates, assets_glob: str, specs: tuple[FeatureSpec, ...]
+    w: WindowAggregates,
+    assets_glob: str,
+    specs: tuple[FeatureSpec, ...],
+    cache: dict[TagRef, tuple[str | None, tuple[bool, ...]]] | None = None,
 ) -> tuple[list[str], npt.NDArray[np.float32]]:
     """Return ``(asset paths, X)`` with one row per asset seen in the window.
 
     Assets are the machine paths (``enterprise/site/area/line/machine``) matching
-    ``assets_glob``. A feature with no matching tag is NaN; callers drop such rows.
+    ``assets_glob``. A feature with no matching tag is NaN; callers drop such rows. ``cache``
+    (one per ``assets_glob`` and ``specs``) keeps the glob matching of each tag across windows.
     """
+    if cache is None:
+        cache = {}
+    plans = []
+    for t in w.tags:
+        plan = cache.get(t)
+        if plan is None:
+            plan = cache[t] = _tag_plan(t, assets_glob, specs)
+        plans.append(plan)
     by_asset: dict[str, list[int]] = {}
-    for i, t in enumerate(w.tags):
-        machine = t.path.rsplit("/", 1)[0]
-        if fnmatch.fnmatchcase(machine, assets_glob):
-            by_asset.setdefault(machine, []).append(i)
+    for i, (asset, _) in enumerate(plans):
+        if asset is not None:
+            by_asset.setdefault(asset, []).append(i)
     assets = sorted(by_asset)
     X = np.full((len(assets), len(specs)), np.nan, np.float32)
     cols: dict[str, int] = {s.name: j for j, s in enumerate(specs)}
     for j, spec in enumerate(specs):
         stat: npt.NDArray[np.float64] = getattr(w, spec.stat)
         if spec.scope == "site":
-            idx = [
-                i
-                for i, t in enumerate(w.tags)
-                if fnmatch.fnmatchcase(t.path if "/" in spec.tags else t.tag, spec.tags)
-            ]
+            idx = [i for i, (_, feeds) in enumerate(plans) if feeds[j]]
             X[:, j] = _reduce(stat[idx].astype(np.float64), spec.reduce) / spec.scale
             continue
         for a, asset in enumerate(assets):
-            idx = [i for i in by_asset[asset] if fnmatch.fnmatchcase(w.tags[i].tag, spec.tags)]
+            idx = [i for i in by_asset[asset] if plans[i][1][j]]
             X[a, j] = _reduce(stat[idx].astype(np.float64), spec.reduce) / spec.scale
     for j, spec in enumerate(specs):
         if spec.minus is not None:
@@ -173,9 +194,13 @@ class OnnxScorer:
     models: tuple[ModelSpec, ...]
     _sessions: list[_Session] = field(default_factory=list, init=False, repr=False)
     _raised: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _plans: dict[TagRef, tuple[str | None, tuple[bool, ...]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
     calls: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        self._plans = {}
         for m in self.models:
             sess = _session(m)
             inp = sess.get_inputs()[0]
@@ -231,7 +256,7 @@ class OnnxScorer:
         """Score the assets of a closed window; events mark threshold crossings."""
         if w.window_ms != self.window_ms or not len(w):
             return [], []
-        assets, X = assemble_features(w, self.assets, self.features)
+        assets, X = assemble_features(w, self.assets, self.features, self._plans)
         ok_rows: npt.NDArray[np.bool_] = np.asarray(np.isfinite(X).all(axis=1), np.bool_)
         complete = [bool(v) for v in ok_rows]
         if not any(complete):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import pickle
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,7 +76,7 @@ class Quality(enum.IntEnum):
 
 def now_ms() -> int:
     """Return the current UTC time in epoch milliseconds."""
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return time.time_ns() // 1_000_000
 
 
 def to_ms(ts: datetime | int | float | str) -> int:
@@ -113,7 +114,7 @@ def ms_to_datetime(ms: int) -> datetime:
 
 def ms_to_iso(ms: int) -> str:
     """Return ``YYYY-MM-DDTHH:MM:SS.mmmZ`` for epoch milliseconds."""
-    return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return ms_to_datetime(ms).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,13 @@ class TagRegistry:
         """Return the ids of a batch's tag table."""
         return np.fromiter((self.id(t) for t in tags), dtype, len(tags))
 
+    def copy(self) -> TagRegistry:
+        """Return an independent registry with the same ids."""
+        new = TagRegistry()
+        new.tags = list(self.tags)
+        new._ids = dict(self._ids)
+        return new
+
 
 class PickleCopy:
     """Deep copies through pickle.
@@ -338,7 +346,10 @@ class PointBatch:
     ``tags`` is a small table of the distinct tags in the batch; ``tag_idx[i]`` indexes it for
     point ``i``. Bool values are stored as 0.0/1.0. ``received_ms`` is when the edge received
     the batch; validation measures clock skew against it (not the wall clock) so that a replay
-    of recorded data is judged exactly as it was live.
+    of recorded data is judged exactly as it was live. A batch merged from batches received at
+    different times carries the per-point receive times in ``extra["received_ms"]`` (and
+    ``received_ms`` is the newest). Array entries of ``extra`` with one value per point follow
+    the points through :meth:`select`.
     """
 
     tags: tuple[TagRef, ...]
@@ -443,8 +454,18 @@ class PointBatch:
             )
         ]
 
+    def received_at(self) -> npt.NDArray[np.int64] | int:
+        """Return the receive time of each point (an array) or of all points (an int)."""
+        per_point: npt.NDArray[np.int64] | None = self.extra.get("received_ms")
+        return self.received_ms if per_point is None else per_point
+
     def select(self, mask: npt.NDArray[np.bool_]) -> PointBatch:
         """Return the points where ``mask`` is true, sharing the tag table."""
+        n = len(self)
+        extra = {
+            k: v[mask] if isinstance(v, np.ndarray) and len(v) == n else v
+            for k, v in self.extra.items()
+        }
         return PointBatch(
             self.tags,
             self.tag_idx[mask],
@@ -453,7 +474,7 @@ class PointBatch:
             self.quality[mask],
             source=self.source,
             received_ms=self.received_ms,
-            extra=self.extra,
+            extra=extra,
         )
 
     def with_meta(
@@ -498,6 +519,13 @@ class PointBatch:
             return PointBatch.empty()
         if len(batches) == 1:
             return batches[0]
+        extra: dict[str, Any] = {}
+        if any("received_ms" in b.extra for b in batches) or any(
+            b.received_ms != batches[0].received_ms for b in batches
+        ):
+            extra["received_ms"] = np.concatenate(
+                [np.broadcast_to(np.asarray(b.received_at(), np.int64), len(b)) for b in batches]
+            )
         if all(b.tags is batches[0].tags for b in batches):
             # Same table (one source): keep its identity so operators' table caches hit.
             return PointBatch(
@@ -508,6 +536,7 @@ class PointBatch:
                 np.concatenate([b.quality for b in batches]),
                 source=batches[0].source,
                 received_ms=max(b.received_ms for b in batches),
+                extra=extra,
             )
         table: dict[TagRef, int] = {}
         idx_parts = []
@@ -524,6 +553,7 @@ class PointBatch:
             np.concatenate([b.quality for b in batches]),
             source=batches[0].source,
             received_ms=max(b.received_ms for b in batches),
+            extra=extra,
         )
 
 

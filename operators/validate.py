@@ -243,20 +243,25 @@ class Validator(PickleCopy):
             lambda i: f"quality: {Quality(int(batch.quality[i])).name} is not accepted",
         )
         flag(~np.isfinite(batch.value), lambda i: f"non-finite: value is {batch.value[i]}")
-        ref_ms = batch.received_ms
-        if r.max_future_ms is not None and ref_ms:
+        ref = batch.received_at()
+        known = np.asarray(ref) != 0  # 0: receive time unknown, no skew check
+
+        def ref_of(i: int) -> int:
+            return ref if isinstance(ref, int) else int(ref[i])
+
+        if r.max_future_ms is not None:
             flag(
-                batch.ts_ms > ref_ms + r.max_future_ms,
+                known & (batch.ts_ms > ref + r.max_future_ms),
                 lambda i: (
-                    f"clock-skew: timestamp {(int(batch.ts_ms[i]) - ref_ms) / 1000:.1f}s ahead "
-                    f"of receive time (limit {r.max_future_ms / 1000:g}s)"
+                    f"clock-skew: timestamp {(int(batch.ts_ms[i]) - ref_of(i)) / 1000:.1f}s "
+                    f"ahead of receive time (limit {r.max_future_ms / 1000:g}s)"
                 ),
             )
-        if r.max_past_ms is not None and ref_ms:
+        if r.max_past_ms is not None:
             flag(
-                batch.ts_ms < ref_ms - r.max_past_ms,
+                known & (batch.ts_ms < ref - r.max_past_ms),
                 lambda i: (
-                    f"too-old: timestamp {(ref_ms - int(batch.ts_ms[i])) / 1000:.1f}s before "
+                    f"too-old: timestamp {(ref_of(i) - int(batch.ts_ms[i])) / 1000:.1f}s before "
                     f"receive time (limit {r.max_past_ms / 1000:g}s)"
                 ),
             )

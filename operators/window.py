@@ -272,26 +272,90 @@ class WindowAggregates:
         return out
 
 
+def _override(base: Summary | None, exact: Summary) -> Summary:
+    """Return ``base`` with the rows of ``exact`` replacing (or adding) those tag ids."""
+    if base is None or not len(base):
+        return exact
+    if not len(exact):
+        return base
+    keep = ~np.isin(base.gid, exact.gid, assume_unique=True)
+    gid = np.concatenate([base.gid[keep], exact.gid])
+    order = np.argsort(gid, kind="stable")
+    cols = {
+        f: np.concatenate([getattr(base, f)[keep], getattr(exact, f)])[order]
+        for f in Summary.__slots__
+    }
+    return Summary(**cols)
+
+
+_EMPTY_GID = np.empty(0, np.int32)
+_EMPTY_TS = np.empty(0, np.int64)
+_EMPTY_VAL = np.empty(0, np.float64)
+
+
 @dataclass(slots=True)
-class _Buf:
-    """Raw points of one base window (kept after closing while it may still be reopened)."""
+class _Slice:
+    """Raw points of one slice of a base window, and their summary once computed.
+
+    ``base`` holds the summary rows of tags whose raw points were released (their window
+    closed and the tag moved past its lateness); the raw points left belong to tags that may
+    still send points into the slice, and their rows are recomputed from them.
+    """
 
     gid: list[npt.NDArray[np.int32]] = field(default_factory=list)
     ts: list[I64] = field(default_factory=list)
     value: list[F64] = field(default_factory=list)
-    revision: int = -1  # -1: never emitted
+    base: Summary | None = None
+    cached: Summary | None = None
 
     def add(self, gid: npt.NDArray[np.int32], ts: I64, value: F64) -> None:
         self.gid.append(gid)
         self.ts.append(ts)
         self.value.append(value)
+        self.cached = None
 
-    def summary(self) -> Summary:
-        if len(self.gid) > 1:  # compact: later summaries reuse the concatenation
+    def _compact(self) -> tuple[npt.NDArray[np.int32], I64, F64]:
+        if len(self.gid) > 1:  # later summaries reuse the concatenation
             self.gid = [np.concatenate(self.gid)]
             self.ts = [np.concatenate(self.ts)]
             self.value = [np.concatenate(self.value)]
-        return summarize(self.gid[0], self.ts[0], self.value[0])
+        if not self.gid:
+            return _EMPTY_GID, _EMPTY_TS, _EMPTY_VAL
+        return self.gid[0], self.ts[0], self.value[0]
+
+    def summary(self) -> Summary:
+        if self.cached is None:
+            gid, ts, value = self._compact()
+            self.cached = _override(self.base, summarize(gid, ts, value))
+        return self.cached
+
+    def release(self, live: npt.NDArray[np.bool_]) -> None:
+        """Keep raw points only of tags flagged in ``live`` (indexed by tag id)."""
+        full = self.summary()
+        gid, ts, value = self._compact()
+        if len(gid):
+            keep = live[gid]
+            self.gid, self.ts, self.value = [gid[keep]], [ts[keep]], [value[keep]]
+        self.base = full
+        self.cached = full
+
+    def copy(self) -> _Slice:
+        # Arrays are never written in place, so copies share them.
+        return _Slice(list(self.gid), list(self.ts), list(self.value), self.base, self.cached)
+
+
+@dataclass(slots=True)
+class _Win:
+    """One base window: its slices (by slice start) and the revision last emitted."""
+
+    slices: dict[int, _Slice] = field(default_factory=dict)
+    revision: int = -1  # -1: never emitted
+
+    def summary(self) -> Summary:
+        return combine([self.slices[k].summary() for k in sorted(self.slices)])
+
+    def copy(self) -> _Win:
+        return _Win({k: v.copy() for k, v in self.slices.items()}, self.revision)
 
 
 @dataclass(slots=True)
@@ -326,6 +390,7 @@ class TumblingAggregator(PickleCopy):
         allowed_lateness_ms: int = 0,
         idle_close: bool = True,
         reopen_horizon_ms: int | None = None,
+        slice_ms: int | None = None,
     ) -> None:
         if window_ms <= 0:
             msg = f"window_ms must be positive, got {window_ms}"
@@ -342,11 +407,17 @@ class TumblingAggregator(PickleCopy):
         self.allowed_lateness_ms = allowed_lateness_ms
         self.idle_close = idle_close
         self.reopen_horizon_ms = window_ms if reopen_horizon_ms is None else reopen_horizon_ms
+        if slice_ms is None:
+            slice_ms = window_ms // 12 if window_ms % 12 == 0 else window_ms
+        if slice_ms <= 0 or window_ms % slice_ms:
+            msg = f"slice_ms {slice_ms} must divide the window {window_ms} ms"
+            raise RuleError(msg)
+        self.slice_ms = slice_ms
         self._reg = TagRegistry()
         self._luts: TableCache[npt.NDArray[np.int32]] = TableCache(self._gids)
         self._tag_max = np.empty(0, np.int64)
-        self._open: dict[int, _Buf] = {}
-        self._closed: dict[int, _Buf] = {}
+        self._open: dict[int, _Win] = {}
+        self._closed: dict[int, _Win] = {}
         self._rollups: dict[tuple[int, int], _Rollup] = {}
         self._closed_through: int | None = None
         self._source_max: dict[str, int] = {}
@@ -355,6 +426,24 @@ class TumblingAggregator(PickleCopy):
         self.points_in = 0
         self.points_late = 0
         self.reemitted = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TumblingAggregator:
+        """Copy for Bytewax's per-epoch snapshot: containers are copied, arrays shared.
+
+        Arrays in the state are never written in place (except the small per-tag maxima,
+        copied here), so a snapshot costs a walk over windows and slices, not a copy of the
+        buffered points.
+        """
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._reg = self._reg.copy()
+        new._luts = TableCache(new._gids)
+        new._tag_max = self._tag_max.copy()
+        new._open = {k: w.copy() for k, w in self._open.items()}
+        new._closed = {k: w.copy() for k, w in self._closed.items()}
+        new._rollups = {k: _Rollup(dict(r.parts), r.revision) for k, r in self._rollups.items()}
+        new._source_max = dict(self._source_max)
+        return new
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -435,15 +524,22 @@ class TumblingAggregator(PickleCopy):
         dirty: set[int] = set()
         if keep.any():
             gid_k, ts_k, val_k, start_k = gid[keep], ts[keep], batch.value[keep], start[keep]
-            keys, inverse = np.unique(start_k, return_inverse=True)
-            for k, key in enumerate(keys.tolist()):
-                sel = inverse == k if len(keys) > 1 else slice(None)
-                if self._closed_through is not None and key < self._closed_through:
-                    buf = self._closed.setdefault(key, _Buf())
-                    dirty.add(key)
+            slice_k = start_k + (ts_k - start_k) // self.slice_ms * self.slice_ms
+            lo, hi = int(slice_k.min()), int(slice_k.max())
+            if lo == hi:  # the common case: the batch falls in one slice
+                keys, inverse = [lo], None
+            else:
+                uniq, inverse = np.unique(slice_k, return_inverse=True)
+                keys = uniq.tolist()
+            for k, key in enumerate(keys):
+                sel = slice(None) if inverse is None else inverse == k
+                wstart = key - key % self.window_ms
+                if self._closed_through is not None and wstart < self._closed_through:
+                    win = self._closed.setdefault(wstart, _Win())
+                    dirty.add(wstart)
                 else:
-                    buf = self._open.setdefault(key, _Buf())
-                buf.add(gid_k[sel], ts_k[sel], val_k[sel])
+                    win = self._open.setdefault(wstart, _Win())
+                win.slices.setdefault(key, _Slice()).add(gid_k[sel], ts_k[sel], val_k[sel])
             newest = int(ts_k.max())
             src = batch.source or "_"
             if newest > self._source_max.get(src, np.iinfo(np.int64).min):
@@ -463,6 +559,12 @@ class TumblingAggregator(PickleCopy):
         out = []
         if self._closed_through is None or through > self._closed_through:
             out = self._close_through(through)
+        # Summarise the slices the watermark has passed now, so that closing a window only
+        # has the last slice left to do (a point arriving later for a slice recomputes it).
+        for win in self._open.values():
+            for slice_start, sl in win.slices.items():
+                if sl.cached is None and slice_start + self.slice_ms <= wm:
+                    sl.summary()
         floor = wm - self.reopen_horizon_ms
         for start in [s for s in self._closed if s + self.window_ms <= floor]:
             del self._closed[start]
@@ -519,6 +621,11 @@ class TumblingAggregator(PickleCopy):
             buf = self._open.pop(start)
             summary = buf.summary()
             buf.revision = 0
+            # Only tags that have not passed the window end + lateness can still reopen it:
+            # keep their raw points, the others live on in the slice summaries.
+            live = self._tag_max < start + self.window_ms + self.allowed_lateness_ms
+            for sl in buf.slices.values():
+                sl.release(live)
             self._closed[start] = buf
             out.append(self._emit(summary, self.window_ms, start, closed_by, 0))
             for r in self.rollup_ms:

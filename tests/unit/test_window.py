@@ -174,3 +174,77 @@ def test_combine_equals_direct_summary():
     both = combine(parts)
     for f in whole.__slots__:
         np.testing.assert_allclose(getattr(both, f), getattr(whole, f), rtol=1e-12, atol=1e-9)
+
+
+def _all_rows(agg, pts, size):
+    out = []
+    for i in range(0, len(pts), size):
+        out += agg.add(batch(pts[i : i + size]), 0)[0]
+    out += agg.flush()
+    return sorted(
+        (r["path"], r["window_ms"], r["start_ms"], r["revision"], tuple(sorted(r.items())))
+        for w in out
+        for r in w.rows()
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_results_are_bit_identical_for_any_batching(seed):
+    pts = random_stream(seed)
+    rows = {
+        size: _all_rows(TumblingAggregator(allowed_lateness_ms=30_000, idle_close=False), pts, size)
+        for size in (1, 13, 97, len(pts))
+    }
+    assert rows[13] == rows[1] and rows[97] == rows[1] and rows[len(pts)] == rows[1]
+
+
+def test_slices_do_not_change_the_definition_of_a_window():
+    pts = random_stream(3)
+    flat = [(r[0].path, r[0].unit, r[1], r[2]) for r in pts]
+    for slice_ms in (5_000, 20_000, 60_000):
+        agg = TumblingAggregator(allowed_lateness_ms=30_000, idle_close=False, slice_ms=slice_ms)
+        out = []
+        for i in range(0, len(pts), 50):
+            out += agg.add(batch(pts[i : i + 50]), 0)[0]
+        out += agg.flush()
+        assert_rows_match(rows_of(out, 60_000), reference_aggregates(flat, 60_000))
+
+
+def test_reopened_window_equals_a_window_that_got_the_point_in_time():
+    # P passes window 0's end + lateness before it closes; T lags and may still reopen it.
+    early = [(P, 1_000 * k, float(k)) for k in range(0, 70)] + [(T, 1_000, 5.0), (T, 30_000, 6.0)]
+    straggler = [(T, 45_000, 7.0)]
+    agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False)
+    closed, _ = agg.add(batch(early), 0)
+    assert [w.start_ms for w in closed] == [0]
+    (w0,) = agg._closed.values()
+    raw_left = {int(g) for sl in w0.slices.values() for part in sl.gid for g in part}
+    assert raw_left == {agg._reg.id(T)}  # P passed the window: its raw points are released
+    reopened, late = agg.add(batch(straggler), 0)
+    assert len(late) == 0 and [(w.start_ms, w.revision) for w in reopened] == [(0, 1)]
+    again = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False)
+    (direct,) = [w for w in again.add(batch(early + straggler), 0)[0] if w.start_ms == 0]
+    got = {r["path"]: r for r in reopened[0].rows()}
+    for r in direct.rows():
+        assert {k: v for k, v in got[r["path"]].items() if k not in ("revision", "closed_by")} == {
+            k: v for k, v in r.items() if k not in ("revision", "closed_by")
+        }
+
+
+def test_snapshot_copy_is_independent_and_shares_buffered_arrays():
+    import copy
+    import pickle
+
+    agg = TumblingAggregator(allowed_lateness_ms=0, idle_close=False)
+    agg.add(batch([(P, 1_000, 1.0), (T, 2_000, 2.0)]), 0)
+    snap = copy.deepcopy(agg)
+    (w_live,), (w_snap,) = agg._open.values(), snap._open.values()
+    (s_live,), (s_snap,) = w_live.slices.values(), w_snap.slices.values()
+    assert s_live.ts[0] is s_snap.ts[0]  # points are not copied
+    agg.add(batch([(P, 3_000, 3.0), (P, 70_000, 4.0)]), 0)  # grows and closes the live state
+    restored = pickle.loads(pickle.dumps(snap))
+    (row_p, row_t) = sorted(
+        (r for w in restored.flush() for r in w.rows() if r["window_ms"] == 60_000),
+        key=lambda r: r["path"],
+    )
+    assert (row_p["count"], row_p["sum"], row_t["count"]) == (1, 1.0, 1)
