@@ -86,12 +86,11 @@ class _UnroutedPartition(StatelessSinkPartition[Any]):
 
     @override
     def write_batch(self, items: list[Any]) -> None:
-        n = sum(len(i) if isinstance(i, list) else 1 for i in items)
         first = items[0]
         why = getattr(first, "reason", "")
         log.warning(
             "%d %s item(s) and no sink subscribes to %r (add it to a sink's streams); first: %s",
-            n,
+            len(items),
             self.stream,
             self.stream,
             why or first,

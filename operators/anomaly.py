@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from operators.errors import RuleError
 from operators.events import Event
-from operators.record import PickleCopy, PointBatch, TableCache, TagRef, TagRegistry
+from operators.record import PickleCopy, PointBatch, TableCache, TagRef, TagRegistry, tag_order
 from operators.validate import tag_matches
 
 __all__ = ["AnomalyDetector", "AnomalyRule"]
@@ -199,14 +199,9 @@ class AnomalyDetector(PickleCopy):
             newest = self._newest[rule.id] = np.r_[
                 newest, np.full(len(self._reg) - len(newest), -1, np.int64)
             ]
-        order = np.argsort(gid[sel], kind="stable")  # by tag, arrival order within a tag
-        g, ts, val = gid[sel][order], batch.ts_ms[sel][order], batch.value[sel][order]
-        brk = np.r_[True, g[1:] != g[:-1]]
-        off = (np.cumsum(brk) - 1) << (_TS_BITS + 1)  # keeps the runs apart in one scan
-        run = np.maximum.accumulate(ts + off) - off
-        before = np.r_[-1, run[:-1]]
-        before[brk] = -1
-        fresh = ts > np.maximum(before, newest[g])
+        o = tag_order(gid[sel], batch.ts_ms[sel], newest)
+        g, ts, val = o.gid, o.ts, batch.value[sel][o.order]
+        fresh = ts > o.before
         if not fresh.all():
             self.skipped[rule.id] = self.skipped.get(rule.id, 0) + int((~fresh).sum())
             g, ts, val = g[fresh], ts[fresh], val[fresh]

@@ -32,11 +32,13 @@ __all__ = [
     "Quality",
     "TableCache",
     "TagRef",
+    "TagOrder",
     "TagRegistry",
     "Value",
     "ms_to_datetime",
     "ms_to_iso",
     "now_ms",
+    "tag_order",
     "to_ms",
 ]
 
@@ -284,6 +286,39 @@ class TagRegistry:
         new.tags = list(self.tags)
         new._ids = dict(self._ids)
         return new
+
+
+@dataclass(frozen=True, slots=True)
+class TagOrder:
+    """A batch's points grouped by tag, in arrival order within each tag.
+
+    ``before[i]`` is the newest time the tag had reached before point ``i`` arrived (from
+    ``known``, the per-tag state of earlier batches, and from the tag's earlier points in this
+    batch); ``newest[i]`` includes point ``i`` itself; ``last`` marks each tag's last point.
+    Operators that judge points by their tag's own order (lateness, freshness) share this.
+    """
+
+    order: npt.NDArray[np.intp]
+    gid: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    before: npt.NDArray[np.int64]
+    newest: npt.NDArray[np.int64]
+    last: npt.NDArray[np.bool_]
+
+
+def tag_order(
+    gid: npt.NDArray[Any], ts: npt.NDArray[np.int64], known: npt.NDArray[np.int64]
+) -> TagOrder:
+    """Group points by tag in arrival order; see :class:`TagOrder` (``ts < 2**43``)."""
+    order = np.argsort(gid, kind="stable")
+    g, t = gid[order].astype(np.int64), ts[order]
+    brk = np.r_[True, g[1:] != g[:-1]]
+    off = (np.cumsum(brk) - 1) << 44  # runs never mix in one running-max scan
+    newest = np.maximum.accumulate(t + off) - off
+    floor = np.iinfo(np.int64).min // 2
+    before = np.r_[floor, newest[:-1]]
+    before[brk] = floor
+    return TagOrder(order, g, t, np.maximum(before, known[g]), newest, np.r_[brk[1:], True])
 
 
 class PickleCopy:

@@ -42,6 +42,7 @@ from operators.record import (
     TagRef,
     TagRegistry,
     ms_to_iso,
+    tag_order,
 )
 
 __all__ = [
@@ -475,20 +476,12 @@ class TumblingAggregator(PickleCopy):
 
     def _tag_late(self, gid: npt.NDArray[np.int32], ts: I64) -> npt.NDArray[np.bool_]:
         """Flag points whose tag already passed their window end plus the lateness."""
-        order = np.argsort(gid, kind="stable")
-        g, t = gid[order].astype(np.int64), ts[order]
-        brk = np.r_[True, g[1:] != g[:-1]]
-        off = (np.cumsum(brk) - 1) << 44  # ts < 2**43: runs never mix in the scan
-        run = np.maximum.accumulate(t + off) - off
-        prev = np.r_[np.iinfo(np.int64).min // 2, run[:-1]]
-        prev[brk] = np.iinfo(np.int64).min // 2
-        prev = np.maximum(prev, self._tag_max[g])
-        end = (t // self.window_ms + 1) * self.window_ms
-        late_sorted = end + self.allowed_lateness_ms <= prev
-        last = np.r_[brk[1:], True]
-        self._tag_max[g[last]] = np.maximum(self._tag_max[g[last]], run[last])
+        o = tag_order(gid, ts, self._tag_max)
+        end = (o.ts // self.window_ms + 1) * self.window_ms
         late = np.empty(len(ts), np.bool_)
-        late[order] = late_sorted
+        late[o.order] = end + self.allowed_lateness_ms <= o.before
+        g_last = o.gid[o.last]
+        self._tag_max[g_last] = np.maximum(self._tag_max[g_last], o.newest[o.last])
         return late
 
     # -- input ---------------------------------------------------------------------------
@@ -523,8 +516,8 @@ class TumblingAggregator(PickleCopy):
         keep = ~late
         dirty: set[int] = set()
         if keep.any():
-            gid_k, ts_k, val_k, start_k = gid[keep], ts[keep], batch.value[keep], start[keep]
-            slice_k = start_k + (ts_k - start_k) // self.slice_ms * self.slice_ms
+            gid_k, ts_k, val_k = gid[keep], ts[keep], batch.value[keep]
+            slice_k = ts_k - ts_k % self.slice_ms  # slices tile the windows
             lo, hi = int(slice_k.min()), int(slice_k.max())
             if lo == hi:  # the common case: the batch falls in one slice
                 keys, inverse = [lo], None
@@ -598,11 +591,11 @@ class TumblingAggregator(PickleCopy):
         out = []
         touched: set[tuple[int, int]] = set()
         for start in sorted(starts):
-            buf = self._closed[start]
-            summary = buf.summary()
-            buf.revision += 1
+            win = self._closed[start]
+            summary = win.summary()
+            win.revision += 1
             self.reemitted += 1
-            out.append(self._emit(summary, self.window_ms, start, closed_by, buf.revision))
+            out.append(self._emit(summary, self.window_ms, start, closed_by, win.revision))
             for r in self.rollup_ms:
                 key = (r, start - start % r)
                 self._rollups.setdefault(key, _Rollup()).parts[start] = summary
@@ -618,15 +611,15 @@ class TumblingAggregator(PickleCopy):
     def _close_through(self, through: int, closed_by: str = "watermark") -> list[WindowAggregates]:
         out: list[WindowAggregates] = []
         for start in sorted(s for s in self._open if s + self.window_ms <= through):
-            buf = self._open.pop(start)
-            summary = buf.summary()
-            buf.revision = 0
+            win = self._open.pop(start)
+            summary = win.summary()
+            win.revision = 0
             # Only tags that have not passed the window end + lateness can still reopen it:
             # keep their raw points, the others live on in the slice summaries.
             live = self._tag_max < start + self.window_ms + self.allowed_lateness_ms
-            for sl in buf.slices.values():
+            for sl in win.slices.values():
                 sl.release(live)
-            self._closed[start] = buf
+            self._closed[start] = win
             out.append(self._emit(summary, self.window_ms, start, closed_by, 0))
             for r in self.rollup_ms:
                 self._rollups.setdefault((r, start - start % r), _Rollup()).parts[start] = summary
