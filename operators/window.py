@@ -347,16 +347,28 @@ class _Slice:
 
 @dataclass(slots=True)
 class _Win:
-    """One base window: its slices (by slice start) and the revision last emitted."""
+    """One base window: its slices (by slice start) and the revision last emitted.
+
+    Once closed, ``held`` lists the tag ids that could still reopen it when raw points were
+    last released; when one of them moves on, the release is repeated.
+    """
 
     slices: dict[int, _Slice] = field(default_factory=dict)
     revision: int = -1  # -1: never emitted
+    held: npt.NDArray[np.intp] = field(default_factory=lambda: np.empty(0, np.intp))
 
     def summary(self) -> Summary:
         return combine([self.slices[k].summary() for k in sorted(self.slices)])
 
+    def release(self, live: npt.NDArray[np.bool_]) -> None:
+        """Keep raw points only of tags flagged in ``live`` (indexed by tag id)."""
+        for sl in self.slices.values():
+            sl.release(live)
+        self.held = np.flatnonzero(live)
+
     def copy(self) -> _Win:
-        return _Win({k: v.copy() for k, v in self.slices.items()}, self.revision)
+        slices = {k: v.copy() for k, v in self.slices.items()}
+        return _Win(slices, self.revision, self.held)
 
 
 @dataclass(slots=True)
@@ -558,6 +570,12 @@ class TumblingAggregator(PickleCopy):
             for slice_start, sl in win.slices.items():
                 if sl.cached is None and slice_start + self.slice_ms <= wm:
                     sl.summary()
+        # A window closed by wall time (idle_close) may close before its tags pass its end +
+        # lateness; release their raw points as soon as they do.
+        for start, win in self._closed.items():
+            passed = start + self.window_ms + self.allowed_lateness_ms
+            if len(win.held) and (self._tag_max[win.held] >= passed).any():
+                win.release(self._tag_max < passed)
         floor = wm - self.reopen_horizon_ms
         for start in [s for s in self._closed if s + self.window_ms <= floor]:
             del self._closed[start]
@@ -616,9 +634,7 @@ class TumblingAggregator(PickleCopy):
             win.revision = 0
             # Only tags that have not passed the window end + lateness can still reopen it:
             # keep their raw points, the others live on in the slice summaries.
-            live = self._tag_max < start + self.window_ms + self.allowed_lateness_ms
-            for sl in win.slices.values():
-                sl.release(live)
+            win.release(self._tag_max < start + self.window_ms + self.allowed_lateness_ms)
             self._closed[start] = win
             out.append(self._emit(summary, self.window_ms, start, closed_by, 0))
             for r in self.rollup_ms:

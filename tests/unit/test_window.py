@@ -248,3 +248,21 @@ def test_snapshot_copy_is_independent_and_shares_buffered_arrays():
         key=lambda r: r["path"],
     )
     assert (row_p["count"], row_p["sum"], row_t["count"]) == (1, 1.0, 1)
+
+
+def test_window_closed_by_wall_time_releases_raw_points_once_tags_move_on():
+    agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=True)
+    agg.add(batch([(P, 1_000 * k, 1.0) for k in range(60)] + [(T, 30_000, 2.0)]), 0)
+    assert [w.start_ms for w in agg.advance(10_000)] == [0]  # idle wall time closes it
+
+    def held():
+        (w0,) = agg._closed.values()
+        return {int(g) for sl in w0.slices.values() for part in sl.gid for g in part}
+
+    assert held() == {agg._reg.id(P), agg._reg.id(T)}  # neither tag passed 65 s yet
+    agg.add(batch([(P, 66_000, 3.0)]), 10_000)
+    assert held() == {agg._reg.id(T)}  # P can no longer reopen window 0
+    reopened, late = agg.add(batch([(T, 40_000, 4.0)]), 10_000)
+    assert len(late) == 0
+    (row_t,) = [r for r in reopened[0].rows() if r["path"] == T.path]
+    assert row_t["count"] == 2 and row_t["revision"] == 1
