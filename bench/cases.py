@@ -21,12 +21,15 @@ import numpy as np
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from bench.data import START_MS, BenchData
-from operators.record import PointBatch
-from operators.validate import RangeRule, ValidationRules, Validator
-from operators.window import TumblingAggregator, WindowAggregates
+from operators.aggregate.logic import TumblingAggregator
+from operators.validate.config import RangeRule, ValidateOp
+from operators.validate.logic import Validator
+from wire.records import PointBatch, WindowAggregates
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES = ValidationRules(ranges=(RangeRule("*", -1e6, 1e6),), max_past_ms=None, max_future_ms=None)
+RULES = ValidateOp(
+    type="validate", ranges=(RangeRule("*", -1e6, 1e6),), max_past_ms=None, max_future_ms=None
+)
 
 
 def _peak_rss_mb() -> float:
@@ -134,17 +137,21 @@ def chain(data: BenchData) -> dict[str, Any]:
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
 
-    from flows.build import shard_key
-    from operators.alarm import AlarmRule
-    from operators.anomaly import AnomalyRule
-    from operators.dataflow import aggregate, alarms, anomalies, coalesce, score_windows, validate
-    from operators.inference import ModelSpec, OnnxScorer, load_feature_specs
+    from flows.build import key_by_shard
+    from operators._flow import score_windows
+    from operators.aggregate.flow import aggregate
+    from operators.alarm.flow import alarms
+    from operators.alarm.logic import AlarmRule
+    from operators.anomaly.flow import anomalies
+    from operators.anomaly.logic import AnomalyRule
+    from operators.inference.logic import ModelSpec, OnnxScorer, load_feature_specs
+    from operators.validate.flow import coalesce, validate
 
     specs = load_feature_specs(INFERENCE["features"])
     models = tuple(ModelSpec(**{**m, "path": Path(m["path"])}) for m in INFERENCE["models"])
     flow = Dataflow("bench_chain")
     src = op.input("in", flow, TestingSource(data.batches()))
-    keyed = op.key_on("key", src, shard_key)
+    keyed = key_by_shard("key", src)
     v = validate("validate", keyed, RULES)
     # As flows.build does after validation (the site config's default coalescing).
     oks = coalesce("coalesce", v.oks, max_points=50_000, max_delay_ms=100)
@@ -263,9 +270,10 @@ def live_latency(data: BenchData) -> dict[str, Any]:
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
     from bytewax.testing import run_main
 
-    from flows.build import shard_key
-    from operators.dataflow import aggregate, coalesce, validate
-    from operators.record import now_ms
+    from flows.build import key_by_shard
+    from operators.aggregate.flow import aggregate
+    from operators.validate.flow import coalesce, validate
+    from wire.records import now_ms
 
     step_ms = 100
     tags, _, _ = data.tags, data.mean, data.noise
@@ -319,7 +327,7 @@ def live_latency(data: BenchData) -> dict[str, Any]:
             return Lat()
 
     flow = Dataflow("latency")
-    keyed = op.key_on("k", op.input("in", flow, Src()), shard_key)
+    keyed = key_by_shard("k", op.input("in", flow, Src()))
     v = validate("v", keyed, RULES)
     oks = coalesce("coalesce", v.oks, max_points=50_000, max_delay_ms=100)
     agg = aggregate("agg", oks, allowed_lateness_ms=1000, idle_close=True)
@@ -463,7 +471,7 @@ def _fill_topic(data: BenchData, batch_s: int) -> tuple[str, int]:
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from connectors.codec import encode_points
+    from wire.points import encode_points
 
     topic = f"edgeflow.bench.{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": _bootstrap()})
@@ -587,14 +595,16 @@ def postgres_sink(data: BenchData) -> dict[str, Any]:
 
     import psycopg
 
-    from connectors.timescale import TimescaleSink
+    from connectors.timescale.config import TimescaleSinkConfig
+    from connectors.timescale.sink import TimescaleSink
 
     dsn = os.environ.get(
         "EDGEFLOW_PG_DSN", "postgresql://edgeflow:edgeflow@127.0.0.1:15432/edgeflow"
     )
     rows = _agg_rows(data)
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    part = TimescaleSink(dsn, schema=schema).build_part("s", "timescaledb", None)
+    cfg = TimescaleSinkConfig(type="timescaledb", dsn=dsn, schema=schema)
+    part = TimescaleSink(cfg).build_part("s", "timescaledb", None)
     items = [("aggregates", r) for r in rows]
     t0 = time.perf_counter()
     for i in range(0, len(items), 5000):
@@ -613,14 +623,15 @@ def influx_sink(data: BenchData) -> dict[str, Any]:
     import urllib.request
     import uuid
 
-    from connectors.influx import InfluxWriter
+    from connectors.influx.config import InfluxSinkConfig
+    from connectors.influx.writer import InfluxWriter
 
     url = os.environ.get("EDGEFLOW_INFLUX_URL", "http://127.0.0.1:18086")
     db = f"bench_{uuid.uuid4().hex[:8]}"
     q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode()
     urllib.request.urlopen(f"{url}/query", data=q, timeout=10).close()
     rows = _agg_rows(data)
-    w = InfluxWriter(url, database=db)
+    w = InfluxWriter(InfluxSinkConfig(type="influxdb", url=url, database=db))
     t0 = time.perf_counter()
     dead = w.write([("aggregates", r) for r in rows])
     dt = time.perf_counter() - t0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.record import PointBatch, TagRef
+from wire.records import PointBatch, TagRef
 
 __all__ = ["BenchData", "make_tags"]
 

@@ -1,9 +1,11 @@
 """Exceptions raised by connectors; all derive from :class:`ConnectorError`."""
 
-__all__ = ["ConnectorError", "SinkError", "SourceError"]
+from wire.errors import EdgeflowError
+
+__all__ = ["ConnectorError", "SinkError", "SourceConfigError", "SourceError"]
 
 
-class ConnectorError(Exception):
+class ConnectorError(EdgeflowError):
     """Root of every error raised by :mod:`connectors`."""
 
 
@@ -13,3 +15,7 @@ class SourceError(ConnectorError):
 
 class SinkError(ConnectorError):
     """A sink could not durably write what it was given."""
+
+
+class SourceConfigError(SourceError, ValueError):
+    """A source's configuration is invalid (a ValueError, so pydantic reports the field)."""

@@ -18,16 +18,15 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bytewax.testing import run_main
 
 from flows.build import build_flow
-from flows.config import AggregateOp, FileSink, KafkaInput, SiteConfig, load_site
+from flows.config import load_site, parse_site
 from flows.errors import ConfigError
-from operators.record import to_ms
+from wire.records import ms_to_iso, to_ms
 
 __all__ = ["backtest", "final_rows", "main"]
 
@@ -60,47 +59,32 @@ def _digest(rows: dict[tuple[str, int, int], dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def _replay_site(site: SiteConfig, start_ms: int, end_ms: int, out: Path) -> SiteConfig:
-    inputs = []
-    for inp in site.inputs:
-        if not isinstance(inp, KafkaInput):
-            msg = f"backtest needs Kafka inputs; input {inp.id} is {inp.type}"
-            raise ConfigError(msg)
-        inputs.append(
-            inp.model_copy(
-                update={
-                    "start_time": datetime.fromisoformat(_iso(start_ms)),
-                    "end_time": datetime.fromisoformat(_iso(end_ms)),
-                }
-            )
-        )
-    ops = [
-        o.model_copy(update={"idle_close": False}) if isinstance(o, AggregateOp) else o
-        for o in site.operators
+def _replay_site(site: Any, start_ms: int, end_ms: int, out: Path) -> Any:
+    data = site.model_dump(by_alias=True)
+    data["inputs"] = [i.for_replay(start_ms, end_ms).model_dump(by_alias=True) for i in site.inputs]
+    data["operators"] = [o.for_replay().model_dump(by_alias=True) for o in site.operators]
+    data["sinks"] = [
+        *data["sinks"],
+        {
+            "type": "file",
+            "id": "backtest_report",
+            "dir": str(out),
+            "streams": [
+                s
+                for s in ("aggregates", "events", "kpis", "late", "dead_letters")
+                if s in site.emitted_streams()
+            ],
+        },
     ]
-    report_sink = FileSink(
-        type="file",
-        id="backtest_report",
-        dir=out,
-        streams=("aggregates", "events", "kpis", "late", "dead_letters"),
-    )
-    return site.model_copy(
-        update={
-            "inputs": tuple(inputs),
-            "operators": tuple(ops),
-            "sinks": (*site.sinks, report_sink),
-        }
-    )
+    return parse_site(data, source=site.source_file or "<backtest>")
 
 
 def _iso(ms: int) -> str:
-    from operators.record import ms_to_iso
-
     return ms_to_iso(ms).replace("Z", "+00:00")
 
 
 def backtest(
-    site: SiteConfig, *, start_ms: int, end_ms: int, out: Path, compare: Path | None = None
+    site: Any, *, start_ms: int, end_ms: int, out: Path, compare: Path | None = None
 ) -> dict[str, Any]:
     """Run the replay and return (and write) the report."""
     if end_ms <= start_ms:

@@ -5,33 +5,48 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from bytewax.dataflow import Dataflow
 
-from connectors.lifecycle import install_sigint_handler
 from flows.build import build_flow
-from flows.config import EdgeflowSettings, load_site
+from flows.config import load_settings, load_site
 from flows.errors import ConfigError
+from flows.lifecycle import install_signal_handlers
 
-__all__ = ["main_flow"]
+__all__ = ["fail", "main_flow", "setup_logging"]
+
+
+def fail(e: ConfigError) -> None:
+    """Print a configuration mistake as one ``edgeflow: ...`` message and exit 2."""
+    print(f"edgeflow: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Configure the root logger once (text, or one JSON object per line)."""
+    from flows.logs import configure
+
+    configure(level=level, fmt=fmt)
 
 
 def main_flow(name: str, default_site: Path) -> Dataflow:
     """Load ``EDGEFLOW_SITE`` (or ``default_site``) and build its flow; exit 2 on bad config."""
-    settings = EdgeflowSettings()
-    site_path = settings.site if "site" in settings.model_fields_set else default_site
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
-        site = load_site(site_path)
+        settings = load_settings()
+    except ConfigError as e:
+        fail(e)
+        raise  # unreachable: fail() exits
+    site_path = settings.site if "site" in settings.model_fields_set else default_site
+    setup_logging(settings.log_level, settings.log_format or "text")
+    try:
+        site: Any = load_site(site_path)
+        if settings.log_format is None and site.observability.log_format != "text":
+            setup_logging(settings.log_level, site.observability.log_format)
         logging.getLogger("edgeflow").info("loaded site %s from %s", site.name, site_path)
         flow = build_flow(site, out_dir=settings.out_dir, name=name)
     except ConfigError as e:
-        # A config error is the user's to fix: show it plainly, not as a traceback.
-        print(f"edgeflow: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    install_sigint_handler()
+        fail(e)
+        raise  # unreachable
+    install_signal_handlers()
     return flow

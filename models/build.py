@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from operators.inference import assemble_features, load_feature_specs
-from operators.record import to_ms
-from operators.window import TumblingAggregator
-from simulators.site import EnergySite, Fault, SiteLayout
+from operators.aggregate.logic import TumblingAggregator
+from operators.inference.logic import assemble_features, load_feature_specs
+from simulators.site import EnergySite, Fault, FaultKind, SiteLayout
+from wire.records import to_ms
 
 __all__ = ["FEATURES", "build", "training_set"]
 
@@ -42,7 +42,7 @@ FEATURES: list[dict[str, Any]] = [
     {"name": "string_imbalance", "tags": "string*_current", "reduce": "imbalance"},
     {"name": "irradiance_kw_m2", "tags": "irradiance", "scope": "site", "scale": 1000.0},
 ]
-FAULT_KINDS = ("over_temp", "efficiency_drop", "string_fault")
+FAULT_KINDS: tuple[FaultKind, ...] = ("over_temp", "efficiency_drop", "string_fault")
 START = "2026-03-01T00:00:00Z"
 
 

@@ -1,14 +1,12 @@
 """Exceptions raised by the operators package; all derive from :class:`OperatorError`."""
 
+from wire.errors import EdgeflowError, RecordError
+
 __all__ = ["OperatorError", "RecordError", "RuleError"]
 
 
-class OperatorError(Exception):
+class OperatorError(EdgeflowError):
     """Root of every error raised by :mod:`operators`."""
-
-
-class RecordError(OperatorError, ValueError):
-    """A point, batch or field does not satisfy the canonical record contract."""
 
 
 class RuleError(OperatorError, ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.record import PointBatch
+from wire.records import PointBatch
 
 __all__ = ["Disorder"]
 

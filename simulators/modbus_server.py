@@ -19,9 +19,9 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from connectors.modbus_codec import RegisterSpec, encode
-from operators.record import now_ms
 from simulators.site import EnergySite
+from wire.modbus import RegisterSpec, encode
+from wire.records import now_ms
 
 __all__ = ["DeviceMap", "ModbusSiteServer", "site_register_map"]
 
@@ -235,13 +235,13 @@ class ModbusSiteServer:
             self._loop.call_soon_threadsafe(self._stopped.set)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Serve the demo site until interrupted."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="edgeflow sim modbus", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5020)
     p.add_argument("--framer", choices=["tcp", "rtu"], default="tcp")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     site = EnergySite(start_ms=now_ms() - now_ms() % 1000)
     server = ModbusSiteServer(site, host=a.host, port=a.port, framer=a.framer).start()
     print(f"modbus simulator on {a.host}:{server.port} ({a.framer}); Ctrl-C to stop")
@@ -249,7 +249,8 @@ def main() -> None:
         server._thread.join()
     except KeyboardInterrupt:
         server.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

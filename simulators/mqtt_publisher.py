@@ -14,9 +14,9 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from connectors.sparkplug.codec import decode, encode
-from operators.record import PointBatch, now_ms
 from simulators.site import EnergySite
+from wire.records import PointBatch, now_ms
+from wire.sparkplug.codec import decode, encode
 
 __all__ = ["SitePublisher"]
 
@@ -131,15 +131,15 @@ class SitePublisher:
         self.client.disconnect()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Publish until interrupted."""
     import time
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="edgeflow sim mqtt", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--sparkplug", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     site = EnergySite(start_ms=now_ms() - now_ms() % 1000)
     pub = SitePublisher(site, a.host, a.port, sparkplug=a.sparkplug)
     print(f"publishing to {a.host}:{a.port} ({'sparkplug' if a.sparkplug else 'json'}); Ctrl-C")
@@ -149,7 +149,8 @@ def main() -> None:
             time.sleep(max(0.0, (site.now_ms - now_ms()) / 1000))
     except KeyboardInterrupt:
         pub.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

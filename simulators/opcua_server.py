@@ -18,8 +18,8 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.server.user_managers import UserManager
 
-from operators.record import now_ms
 from simulators.site import EnergySite
+from wire.records import now_ms
 
 __all__ = ["NAMESPACE", "OpcUaSiteServer"]
 
@@ -144,18 +144,19 @@ class OpcUaSiteServer:
         self._loop = asyncio.new_event_loop()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="edgeflow sim opcua", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=4840)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     srv = OpcUaSiteServer(EnergySite(start_ms=now_ms() - now_ms() % 1000), port=a.port).start()
     print(f"OPC UA simulator at {srv.url}; Ctrl-C to stop")
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         srv.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

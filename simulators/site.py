@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+from pydantic import ConfigDict
 
-from operators.record import Isa95, PointBatch, Quality, TagRef
+from wire.records import Isa95, PointBatch, Quality, TagRef
 
-__all__ = ["FAULT_KINDS", "EnergySite", "Fault", "SiteLayout"]
+__all__ = ["FAULT_KINDS", "EnergySite", "Fault", "FaultKind", "SiteLayout"]
 
 FAULT_KINDS = {
     "soc_drop": "battery SoC falls by 25 points within 3 minutes (cell fault / sensor)",
@@ -37,14 +39,33 @@ FAULT_KINDS = {
 }
 
 
+FaultKind = Literal[
+    "soc_drop",
+    "power_spike",
+    "efficiency_drop",
+    "voltage_sag",
+    "over_temp",
+    "string_fault",
+    "stuck_sensor",
+    "bad_quality",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Fault:
     """A fault of ``kind`` on ``asset`` from ``start_s`` (after sim start) for ``duration_s``."""
 
-    kind: str
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    kind: FaultKind
     asset: str
     start_s: float
     duration_s: float
+
+    def __post_init__(self) -> None:
+        if self.start_s < 0 or self.duration_s <= 0:
+            msg = f"fault {self.kind} on {self.asset}: start_s must be >= 0 and duration_s > 0"
+            raise ValueError(msg)
 
     def active(self, t_s: float) -> bool:
         """Return True while the fault is active at ``t_s`` seconds after the simulation start."""

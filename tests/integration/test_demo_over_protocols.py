@@ -13,12 +13,12 @@ from bytewax.testing import run_main
 
 from flows.build import build_flow
 from flows.config import DEMO_SITE, parse_site
-from operators.record import now_ms
 from simulators.mqtt_publisher import SitePublisher
 from simulators.site import EnergySite
 from tests.conftest import require_port
 from tests.integration.test_edge_flow import read_jsonl
 from tests.reference import reference_aggregates
+from wire.records import now_ms
 
 pytestmark = pytest.mark.integration
 # Recent, minute-aligned data: the demo's clock-skew guard rejects week-old timestamps.

@@ -13,12 +13,12 @@ from pathlib import Path
 import yaml
 from bytewax.testing import run_main
 
-from connectors import lifecycle
+from flows import lifecycle
 from flows.build import build_flow
 from flows.config import DEMO_SITE, parse_site
-from operators.record import to_ms
 from simulators.site import EnergySite, Fault, SiteLayout
 from tests.reference import assert_rows_match, reference_aggregates
+from wire.records import to_ms
 
 ROOT = Path(__file__).resolve().parents[2]
 START = "2026-01-01T11:50:00Z"
@@ -100,8 +100,8 @@ def test_late_points_leave_on_the_late_stream_with_a_reason():
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource
 
-    from flows.build import shard_key
-    from operators.dataflow import aggregate, late_dead_letters
+    from flows.build import key_by_shard
+    from operators.aggregate.flow import aggregate, late_dead_letters
 
     sim = EnergySite(layout=SiteLayout(), start_ms=to_ms(START), seed=42)
     first = sim.step(150)  # 2.5 minutes
@@ -110,9 +110,7 @@ def test_late_points_leave_on_the_late_stream_with_a_reason():
     batches = op.input(
         "in", flow, TestingSource([first, later, first.select(first.ts_ms < to_ms(START) + 2000)])
     )
-    out = aggregate(
-        "agg", op.key_on("k", batches, shard_key), allowed_lateness_ms=0, idle_close=False
-    )
+    out = aggregate("agg", key_by_shard("k", batches), allowed_lateness_ms=0, idle_close=False)
     aggs: list = []
     late: list = []
     op.output("aggs", out.aggregates, TestingSink(aggs))

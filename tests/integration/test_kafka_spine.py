@@ -14,13 +14,15 @@ from bytewax.testing import run_main
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.errors import SinkError, SourceError
-from connectors.kafka import KafkaPointsSource, KafkaSink
+from connectors.kafka.config import KafkaConnection, KafkaInput
+from connectors.kafka.sink import KafkaSink
+from connectors.kafka.source import KafkaPointsSource
 from flows.backtest import backtest, final_rows
 from flows.build import build_flow
 from flows.config import DEMO_SITE, parse_site
-from operators.record import to_ms
 from tests.conftest import require_port
 from tests.integration.test_edge_flow import demo_config, read_jsonl
+from wire.records import to_ms
 
 pytestmark = pytest.mark.integration
 START = "2026-06-01T10:00:00Z"
@@ -180,7 +182,14 @@ def test_source_fails_fast_when_the_broker_is_down():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket closes
-    src = KafkaPointsSource(bootstrap_servers=f"127.0.0.1:{port}", topic="x", connect_timeout_s=2)
+    src = KafkaPointsSource(
+        KafkaInput(
+            type="kafka",
+            kafka={"bootstrap_servers": f"127.0.0.1:{port}"},
+            topic="x",
+            connect_timeout_s=2,
+        )
+    )
     t0 = time.monotonic()
     with pytest.raises(SourceError, match=f"127.0.0.1:{port} is unreachable"):
         src.list_parts()
@@ -189,10 +198,15 @@ def test_source_fails_fast_when_the_broker_is_down():
 
 def test_source_reports_a_missing_topic(endpoints):
     src = KafkaPointsSource(
-        bootstrap_servers=endpoints.kafka_bootstrap,
-        topic=f"missing.{uuid.uuid4().hex}",
-        connect_timeout_s=5,
-        config={"allow.auto.create.topics": "false"},
+        KafkaInput(
+            type="kafka",
+            kafka={
+                "bootstrap_servers": endpoints.kafka_bootstrap,
+                "config": {"allow.auto.create.topics": "false"},
+            },
+            topic=f"missing.{uuid.uuid4().hex}",
+            connect_timeout_s=5,
+        )
     )
     with pytest.raises(SourceError, match="does not exist"):
         src.list_parts()
@@ -202,7 +216,8 @@ def test_sink_fails_loudly_when_delivery_cannot_be_confirmed():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    part = KafkaSink(f"127.0.0.1:{port}", "t", delivery_timeout_s=2).build_part("s", "p", None)
+    conn = KafkaConnection(bootstrap_servers=f"127.0.0.1:{port}")
+    part = KafkaSink("t", conn, delivery_timeout_s=2).build_part("s", "p", None)
     part.write_batch([("k", b"v", None)])
     # The epoch snapshot waits for the broker's acknowledgement: none can come.
     with pytest.raises(SinkError, match="failed"):

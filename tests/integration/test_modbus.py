@@ -69,9 +69,9 @@ def test_demo_site_over_modbus_reads_every_type_and_order(server, tmp_path: Path
 def test_unreachable_device_retries_instead_of_crashing():
     from bytewax.inputs import SimplePollingSource
 
-    from connectors.modbus import ModbusDeviceSource
-    from connectors.modbus_codec import RegisterSpec
-    from operators.record import Isa95
+    from connectors.modbus.source import ModbusDeviceSource
+    from wire.modbus import RegisterSpec
+    from wire.records import Isa95
 
     src = ModbusDeviceSource(
         "127.0.0.1", 1, 1, Isa95("e", "s", "a", "l", "m"), (RegisterSpec("x", 0),), timeout_s=0.5

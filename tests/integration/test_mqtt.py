@@ -11,11 +11,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from bytewax.testing import run_main
 
-from connectors.sparkplug.codec import decode, encode
 from flows.build import build_flow
 from flows.config import parse_site
 from tests.conftest import require_port
 from tests.integration.test_edge_flow import read_jsonl
+from wire.sparkplug.codec import decode, encode
 
 pytestmark = pytest.mark.integration
 
@@ -120,22 +120,26 @@ def test_tls_with_username_and_password(endpoints):
     import ssl
 
     from connectors.errors import SourceError
-    from connectors.mqtt import MqttSource, TopicTemplate
-    from operators.record import PointBatch
+    from connectors.mqtt.config import MqttInput
+    from connectors.mqtt.source import MqttSource
+    from wire.records import PointBatch
 
     require_port(endpoints.mqtt_host, endpoints.mqtt_tls_port, "mosquitto (TLS)")
     run = uuid.uuid4().hex[:6]
     src = MqttSource(
-        endpoints.mqtt_host,
-        endpoints.mqtt_tls_port,
-        enterprise="acme",
-        site="s1",
-        templates=(TopicTemplate(f"tls{run}/{{area}}/{{line}}/{{machine}}/{{tag}}"),),
-        client_id=f"tls-{run}",
-        username="edgeflow",
-        password="edgeflow",
-        tls_ca=endpoints.mqtt_ca,
-        connect_timeout_s=5,
+        MqttInput(
+            type="mqtt",
+            host=endpoints.mqtt_host,
+            port=endpoints.mqtt_tls_port,
+            topics=[{"template": f"tls{run}/{{area}}/{{line}}/{{machine}}/{{tag}}"}],
+            client_id=f"tls-{run}",
+            username="edgeflow",
+            password="edgeflow",
+            tls_ca=endpoints.mqtt_ca,
+            connect_timeout_s=5,
+        ),
+        "acme",
+        "s1",
     )
     part = src.build_part("s", src.list_parts()[0], None)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tls-pub-{run}")
@@ -154,14 +158,19 @@ def test_tls_with_username_and_password(endpoints):
     assert got and got[0].value.tolist() == [42.0]
 
     wrong = MqttSource(
-        endpoints.mqtt_host,
-        endpoints.mqtt_tls_port,
-        client_id=f"bad-{run}",
-        templates=(TopicTemplate("x/{tag}"),),
-        username="edgeflow",
-        password="nope",
-        tls_ca=endpoints.mqtt_ca,
-        connect_timeout_s=3,
+        MqttInput(
+            type="mqtt",
+            host=endpoints.mqtt_host,
+            port=endpoints.mqtt_tls_port,
+            client_id=f"bad-{run}",
+            topics=[{"template": "x/{tag}"}],
+            username="edgeflow",
+            password="nope",
+            tls_ca=endpoints.mqtt_ca,
+            connect_timeout_s=3,
+        ),
+        "enterprise",
+        "site",
     )
     with pytest.raises(SourceError, match="did not accept"):
         wrong.build_part("s", wrong.list_parts()[0], None)

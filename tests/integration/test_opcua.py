@@ -10,14 +10,15 @@ import pytest
 import yaml
 from bytewax.testing import run_main
 
-from connectors.opcua import OpcUaSource
-from connectors.opcua_certs import ensure_certificate
+from connectors.opcua.certs import ensure_certificate
+from connectors.opcua.config import OpcUaInput
+from connectors.opcua.source import OpcUaSource
 from flows.build import build_flow
 from flows.config import DEMO_SITE, parse_site
-from operators.record import DeadLetter, PointBatch
 from simulators.opcua_server import OpcUaSiteServer
 from simulators.site import EnergySite
 from tests.integration.test_edge_flow import read_jsonl
+from wire.records import DeadLetter, PointBatch
 
 START_MS = 1780308000000
 
@@ -70,6 +71,12 @@ def test_demo_site_over_opcua_by_config(server, tmp_path: Path, mode):
     assert "BadNodeIdUnknown" in dead[0]["reason"]
 
 
+def opcua_source(
+    url: str, *, enterprise: str = "enterprise", site: str = "site", **kw
+) -> OpcUaSource:
+    return OpcUaSource(OpcUaInput(type="opcua", url=url, **kw), enterprise, site)
+
+
 def test_sign_and_encrypt_with_username(tmp_path: Path):
     scert, skey = ensure_certificate(
         tmp_path, name="server", app_uri="urn:edgeflow:simulator", server=True
@@ -85,7 +92,7 @@ def test_sign_and_encrypt_with_username(tmp_path: Path):
     ).start()
     try:
         for policy in ("Sign", "SignAndEncrypt"):
-            src = OpcUaSource(
+            src = opcua_source(
                 srv.url,
                 enterprise="acme",
                 site="demo-solar",
@@ -100,7 +107,7 @@ def test_sign_and_encrypt_with_username(tmp_path: Path):
             )
             got = drain(src.build_part("s", src.list_parts()[0], None), 30)
             assert sum(len(b) for b in got if isinstance(b, PointBatch)) == 40, policy
-        bad = OpcUaSource(
+        bad = opcua_source(
             srv.url,
             browse=("ns=2;s=Site",),
             security="SignAndEncrypt",
@@ -116,7 +123,7 @@ def test_sign_and_encrypt_with_username(tmp_path: Path):
 
 
 def test_survives_a_server_restart_mid_stream(server):
-    src = OpcUaSource(
+    src = opcua_source(
         server.url, enterprise="acme", site="demo-solar", browse=("ns=2;s=Site",), interval_ms=200
     )
     part = src.build_part("s", src.list_parts()[0], None)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from operators.alarm import AlarmEngine, AlarmRule, hysteresis
+from operators.alarm.logic import AlarmEngine, AlarmRule, hysteresis
 from operators.errors import RuleError
-from operators.record import PointBatch, TagRef
+from wire.records import PointBatch, TagRef
 
 T1 = TagRef("e/s/pv/a1/inv-01/temperature", "C")
 T2 = TagRef("e/s/pv/a2/inv-02/temperature", "C")

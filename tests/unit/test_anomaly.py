@@ -1,8 +1,8 @@
 import pytest
 
-from operators.anomaly import AnomalyDetector, AnomalyRule
+from operators.anomaly.logic import AnomalyDetector, AnomalyRule
 from operators.errors import RuleError
-from operators.record import PointBatch, TagRef
+from wire.records import PointBatch, TagRef
 
 SOC = TagRef("e/s/storage/bess/b1/soc", "%")
 SOC2 = TagRef("e/s/storage/bess/b2/soc", "%")

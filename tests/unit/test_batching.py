@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from operators.batching import Coalescer
 from operators.errors import RuleError
-from operators.record import PointBatch, TagRef
-from operators.validate import ValidationRules, Validator
+from operators.validate.coalesce import Coalescer
+from operators.validate.config import ValidateOp
+from operators.validate.logic import Validator
+from wire.records import PointBatch, TagRef
 
 TAGS = (TagRef("e/s/a/l/m/p", "kW"), TagRef("e/s/a/l/m/q", "kW"))
 OTHER = (TagRef("e/s/a/l/m/r", "kW"),)
@@ -73,7 +74,7 @@ def test_merged_batch_keeps_order_and_each_points_receive_time():
 
 
 def test_validation_of_a_merged_batch_uses_each_points_receive_time():
-    rules = ValidationRules(max_future_ms=500, max_past_ms=None)
+    rules = ValidateOp(type="validate", max_future_ms=500, max_past_ms=None)
     early = b(1, ts=1400, received_ms=1000)  # 400 ms ahead of its receive time: fine
     late = b(1, ts=1400, received_ms=800)  # 600 ms ahead: clock skew
     merged = PointBatch.concat([early, late])

@@ -1,7 +1,7 @@
 import numpy as np
 
-from connectors.codec import PointsDecoder, decode_points, encode_points
-from operators.record import PointBatch, TagRef
+from wire.points import PointsDecoder, decode_points, encode_points
+from wire.records import PointBatch, TagRef
 
 TAGS = (TagRef("e/s/a/l/m/p", "kW"), TagRef("e/s/a/l/m/t", "°C"))
 

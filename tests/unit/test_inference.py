@@ -5,16 +5,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from operators.aggregate.logic import TumblingAggregator
 from operators.errors import RuleError
-from operators.inference import (
+from operators.inference.logic import (
     InferenceError,
     ModelSpec,
     OnnxScorer,
     assemble_features,
     load_feature_specs,
 )
-from operators.record import PointBatch, TagRef
-from operators.window import TumblingAggregator
+from wire.records import PointBatch, TagRef
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 META = json.loads((MODELS / "inverter_models.json").read_text())

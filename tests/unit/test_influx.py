@@ -1,12 +1,15 @@
+import base64
 import gzip
 import http.server
 import threading
 from typing import ClassVar
 
 import pytest
+from pydantic import ValidationError
 
 from connectors.errors import SinkError
-from connectors.influx import InfluxWriter, escape_tag, line_for
+from connectors.influx.config import InfluxSinkConfig
+from connectors.influx.writer import InfluxWriter, escape_tag, line_for
 
 AGG = {
     "window": "1m",
@@ -106,8 +109,12 @@ def stub():
     server.shutdown()
 
 
+def writer(url: str, **kw) -> InfluxWriter:
+    return InfluxWriter(InfluxSinkConfig(type="influxdb", url=url, **kw))
+
+
 def test_v2_request_shape(stub):
-    w = InfluxWriter(stub, api="v2", org="plant", bucket="telemetry", token="s3cret")
+    w = writer(stub, api="v2", org="plant", bucket="telemetry", token="s3cret")
     assert w.write([("aggregates", AGG)]) == []
     path, headers, body = _Stub.seen[0]
     assert path == "/api/v2/write?org=plant&bucket=telemetry&precision=ms"
@@ -117,14 +124,17 @@ def test_v2_request_shape(stub):
 
 
 def test_v1_request_shape(stub):
-    w = InfluxWriter(stub, database="db1", retention_policy="week", username="u", password="p")
+    w = writer(stub, database="db1", retention_policy="week", username="u", password="p")
     w.write([("aggregates", AGG)])
-    assert _Stub.seen[0][0] == "/write?db=db1&precision=ms&rp=week&u=u&p=p"
+    path, headers, _ = _Stub.seen[0]
+    # Credentials travel in the Authorization header, never in the URL (access logs, proxies).
+    assert path == "/write?db=db1&precision=ms&rp=week"
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
 
 
 def test_retries_5xx_and_429(stub):
     _Stub.replies = [(503, "busy"), (429, "slow down"), (204, "")]
-    w = InfluxWriter(stub, retry_timeout_s=10)
+    w = writer(stub, retry_timeout_s=10)
     assert w.write([("aggregates", AGG)]) == []
     assert len(_Stub.seen) == 3 and w.written == 1
 
@@ -132,7 +142,7 @@ def test_retries_5xx_and_429(stub):
 def test_gives_up_loudly(stub):
     _Stub.replies = [(500, "down")] * 50
     with pytest.raises(SinkError, match="did not accept"):
-        InfluxWriter(stub, retry_timeout_s=0.5).write([("aggregates", AGG)])
+        writer(stub, retry_timeout_s=0.5).write([("aggregates", AGG)])
 
 
 def test_400_is_bisected_to_the_bad_line(stub):
@@ -142,12 +152,12 @@ def test_400_is_bisected_to_the_bad_line(stub):
         ("kpis", {"path": "e/s", "name": f"k{i}", "window_ms": 1, "start_ms": i, "value": 1.0})
         for i in range(4)
     ]
-    dead = InfluxWriter(stub).write(rows)
+    dead = writer(stub).write(rows)
     assert len(dead) == 1
     assert dead[0].reason == "rejected (400): field type conflict"
     assert "name=k3" in dead[0].payload["line"]
 
 
 def test_v2_needs_a_bucket():
-    with pytest.raises(SinkError):
-        InfluxWriter("http://127.0.0.1:1", api="v2")
+    with pytest.raises(ValidationError, match="api v2 needs org and bucket"):
+        writer("http://127.0.0.1:1", api="v2")

@@ -1,8 +1,9 @@
 import pytest
 
-from operators.kpi import KpiCalculator, KpiConfig
-from operators.record import PointBatch, TagRef
-from operators.window import TumblingAggregator
+from operators.aggregate.logic import TumblingAggregator
+from operators.kpi.config import KpiOp
+from operators.kpi.logic import KpiCalculator
+from wire.records import PointBatch, TagRef
 
 SITE = "acme/s1"
 IRR = TagRef(f"{SITE}/weather/met/met-01/irradiance", "W/m2")
@@ -41,7 +42,7 @@ def by_name(kpis):
 
 def test_site_kpis():
     w = window({IRR: 800.0, PV1: 70.0, PV2: 70.0, LOAD: 200.0, BESS: 20.0, PF: 0.95})
-    kpis, events = KpiCalculator(KpiConfig(rated_kw=200)).process(w)
+    kpis, events = KpiCalculator(KpiOp(type="kpi", rated_kw=200)).process(w)
     got = by_name(kpis)
     assert got[("performance_ratio", SITE)] == pytest.approx(140 / (200 * 0.8))
     assert got[("renewable_share", SITE)] == pytest.approx(0.7)
@@ -52,11 +53,13 @@ def test_site_kpis():
 
 def test_no_performance_ratio_in_the_dark():
     w = window({IRR: 10.0, PV1: 0.1})
-    assert "performance_ratio" not in {k.name for k in KpiCalculator(KpiConfig()).process(w)[0]}
+    assert "performance_ratio" not in {
+        k.name for k in KpiCalculator(KpiOp(type="kpi")).process(w)[0]
+    }
 
 
 def test_round_trip_efficiency_is_cumulative():
-    calc = KpiCalculator(KpiConfig())
+    calc = KpiCalculator(KpiOp(type="kpi"))
     calc.process(window({BESS: -60.0}, 0))  # charge 1 kWh
     kpis, _ = calc.process(window({BESS: 54.0}, 60_000))  # discharge 0.9 kWh
     assert by_name(kpis)[("battery_round_trip_efficiency", SITE)] == pytest.approx(0.9, rel=1e-3)
@@ -71,14 +74,14 @@ def test_round_trip_efficiency_is_cumulative():
     ],
 )
 def test_string_imbalance(currents, imbalance, states):
-    kpis, events = KpiCalculator(KpiConfig()).process(window(strings("inv-01", currents)))
+    kpis, events = KpiCalculator(KpiOp(type="kpi")).process(window(strings("inv-01", currents)))
     got = by_name(kpis).get(("string_imbalance", f"{SITE}/pv/a1/inv-01"))
     assert got == (None if imbalance is None else pytest.approx(imbalance))
     assert [e.state for e in events] == states
 
 
 def test_imbalance_event_clears_with_hysteresis():
-    calc = KpiCalculator(KpiConfig(imbalance_threshold=0.2))
+    calc = KpiCalculator(KpiOp(type="kpi", imbalance_threshold=0.2))
     seq = [[8, 8, 8, 4], [8, 8, 8, 7], [8, 8, 8, 6.9], [8, 8, 8, 8]]
     states = []
     for k, cur in enumerate(seq):
@@ -91,5 +94,5 @@ def test_imbalance_event_clears_with_hysteresis():
 
 
 def test_other_window_sizes_are_ignored():
-    calc = KpiCalculator(KpiConfig(window_ms=900_000))
+    calc = KpiCalculator(KpiOp(type="kpi", window_ms=900_000))
     assert calc.process(window({PV1: 1.0})) == ([], [])

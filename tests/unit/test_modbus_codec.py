@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from connectors.modbus_codec import ModbusDecodeError, RegisterSpec, decode, encode, plan_reads
+from wire.modbus import ModbusDecodeError, RegisterSpec, decode, encode, plan_reads
 
 F = 123.456
 

@@ -1,8 +1,9 @@
 import pytest
 
 from connectors.errors import SourceError
-from connectors.mqtt import SparkplugState, TopicTemplate, parse_plain
-from connectors.sparkplug.codec import encode
+from connectors.mqtt.config import TopicTemplate
+from connectors.mqtt.source import SparkplugState, parse_plain
+from wire.sparkplug.codec import encode
 
 T = TopicTemplate("plant/{area}/{line}/{machine}/{tag}")
 

@@ -1,7 +1,7 @@
 import pytest
 from asyncua import ua
 
-from connectors.opcua import NodeMap, _Partition, quality_of
+from connectors.opcua.source import NodeMap, _Partition, quality_of
 
 
 @pytest.mark.parametrize(

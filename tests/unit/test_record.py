@@ -3,8 +3,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from operators.errors import RecordError
-from operators.record import (
+from wire.errors import RecordError
+from wire.records import (
     DeadLetter,
     Isa95,
     Point,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from operators.record import Quality
 from simulators.site import EnergySite, Fault
+from wire.records import Quality
 
 START = 1767268800000  # 2026-01-01T12:00Z, midday: the sun is up
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.sparkplug.codec import SparkplugError, decode, encode
+from wire.sparkplug.codec import SparkplugError, decode, encode
 
 VECTORS = json.loads(
     (Path(__file__).parents[1] / "fixtures" / "sparkplug" / "tahu_vectors.json").read_text()

@@ -1,15 +1,11 @@
 import numpy as np
 import pytest
 
+from operators._state import tag_matches
 from operators.errors import RuleError
-from operators.record import PointBatch, Quality, TagRef
-from operators.validate import (
-    RangeRule,
-    UnitConversion,
-    ValidationRules,
-    Validator,
-    tag_matches,
-)
+from operators.validate.config import RangeRule, UnitConversion, ValidateOp
+from operators.validate.logic import Validator
+from wire.records import PointBatch, Quality, TagRef
 
 P = TagRef("acme/s/pv/a1/inv-01/ac_power", "kW")
 S = TagRef("acme/s/storage/bess/bess-01/soc", "%")
@@ -44,72 +40,72 @@ def test_tag_matches(pattern, ref, ok):
 
 # Table: rules, points -> reasons of rejected points (in order), accepted values.
 CASES = [
-    pytest.param(ValidationRules(), [(P, 1000, 5.0)], [], [5.0], id="clean"),
+    pytest.param(ValidateOp(type="validate"), [(P, 1000, 5.0)], [], [5.0], id="clean"),
     pytest.param(
-        ValidationRules(),
+        ValidateOp(type="validate"),
         [(P, 1000, 5.0, Quality.BAD), (P, 2000, 6.0, Quality.UNCERTAIN)],
         ["quality"],
         [6.0],
         id="bad-quality",
     ),
     pytest.param(
-        ValidationRules(accept_quality=frozenset({Quality.GOOD})),
+        ValidateOp(type="validate", accept_quality=("GOOD",)),
         [(P, 1000, 6.0, Quality.UNCERTAIN)],
         ["quality"],
         [],
         id="good-only",
     ),
     pytest.param(
-        ValidationRules(),
+        ValidateOp(type="validate"),
         [(P, 1000, float("nan")), (P, 2000, float("inf"))],
         ["non-finite", "non-finite"],
         [],
         id="non-finite",
     ),
     pytest.param(
-        ValidationRules(max_future_ms=5000),
+        ValidateOp(type="validate", max_future_ms=5000),
         [(P, 106_000, 1.0), (P, 104_000, 2.0)],
         ["clock-skew"],
         [2.0],
         id="future",
     ),
     pytest.param(
-        ValidationRules(max_past_ms=60_000),
+        ValidateOp(type="validate", max_past_ms=60_000),
         [(P, 39_000, 1.0), (P, 41_000, 2.0)],
         ["too-old"],
         [2.0],
         id="past",
     ),
     pytest.param(
-        ValidationRules(ranges=(RangeRule("soc", 0, 100),)),
+        ValidateOp(type="validate", ranges=(RangeRule("soc", 0, 100),)),
         [(S, 1000, -1.0), (S, 2000, 50.0), (S, 3000, 100.5), (P, 1000, -5.0)],
         ["out-of-range", "out-of-range"],
         [50.0, -5.0],
         id="range",
     ),
     pytest.param(
-        ValidationRules(ranges=(RangeRule("soc", 0, None),)),
+        ValidateOp(type="validate", ranges=(RangeRule("soc", 0, None),)),
         [(S, 1000, 1e9)],
         [],
         [1e9],
         id="open-range",
     ),
     pytest.param(
-        ValidationRules(),
+        ValidateOp(type="validate"),
         [(P, 1000, 1.0), (P, 1000, 1.0), (P, 2000, 2.0)],
         ["duplicate"],
         [1.0, 2.0],
         id="duplicate-in-batch",
     ),
     pytest.param(
-        ValidationRules(dedupe=False),
+        ValidateOp(type="validate", dedupe=False),
         [(P, 1000, 1.0), (P, 1000, 1.0)],
         [],
         [1.0, 1.0],
         id="dedupe-off",
     ),
     pytest.param(
-        ValidationRules(),
+        ValidateOp(type="validate"),
         [(P, 1000, float("nan")), (P, 1000, 3.0)],
         ["non-finite"],
         [3.0],
@@ -128,7 +124,7 @@ def test_validation_table(rules, rows, reasons, values):
 
 
 def test_duplicate_across_batches():
-    v = Validator(ValidationRules())
+    v = Validator(ValidateOp(type="validate"))
     v.process(batch([(P, 1000, 1.0), (P, 2000, 2.0)]))
     res = v.process(batch([(P, 2000, 2.0), (P, 3000, 3.0)]))
     assert [d.reason.split(":")[0] for d in res.rejected] == ["duplicate"]
@@ -136,7 +132,7 @@ def test_duplicate_across_batches():
 
 
 def test_unit_conversion_rewrites_value_and_unit():
-    rules = ValidationRules(conversions=(UnitConversion("kW", "MW", 1e-3),))
+    rules = ValidateOp(type="validate", conversions=(UnitConversion("kW", "MW", 1e-3),))
     res = Validator(rules).process(batch([(P, 1000, 1500.0), (S, 1000, 50.0)]))
     assert res.ok.value.tolist() == [1.5, 50.0]
     assert [t.unit for t in res.ok.tags] == ["MW", "%"]
@@ -144,11 +140,11 @@ def test_unit_conversion_rewrites_value_and_unit():
 
 def test_zero_factor_conversion_is_refused():
     with pytest.raises(RuleError):
-        Validator(ValidationRules(conversions=(UnitConversion("kW", "MW", 0.0),)))
+        Validator(ValidateOp(type="validate", conversions=(UnitConversion("kW", "MW", 0.0),)))
 
 
 def test_stale_values_marked_uncertain_and_reported_once():
-    v = Validator(ValidationRules(stale_after_ms=3000, stale_tags="*power"))
+    v = Validator(ValidateOp(type="validate", stale_after_ms=3000, stale_tags="*power"))
     r1 = v.process(
         batch([(P, 0, 5.0), (P, 1000, 5.0), (P, 2000, 5.0), (S, 0, 1.0), (S, 5000, 1.0)])
     )
@@ -163,14 +159,14 @@ def test_stale_values_marked_uncertain_and_reported_once():
 
 
 def test_counts_by_reason():
-    v = Validator(ValidationRules())
+    v = Validator(ValidateOp(type="validate"))
     v.process(batch([(P, 1000, float("nan")), (P, 2000, 1.0, Quality.BAD)]))
     assert v.counts == {"non-finite": 1, "quality": 1}
 
 
 def test_accepted_order_is_preserved():
     rows = [(P, t, float(t)) for t in (5000, 1000, 3000)]
-    res = Validator(ValidationRules()).process(batch(rows))
+    res = Validator(ValidateOp(type="validate")).process(batch(rows))
     assert res.ok.ts_ms.tolist() == [5000, 1000, 3000]
     assert np.array_equal(res.ok.value, [5000.0, 1000.0, 3000.0])
 
@@ -187,8 +183,7 @@ def test_accepted_order_is_preserved():
     ],
 )
 def test_coerce_points(value, numeric, text, dead):
-    from operators.record import Isa95, Point
-    from operators.validate import coerce_points
+    from wire.records import Isa95, Point, coerce_points
 
     p = Point(1000, Isa95("e", "s", "a", "l", "m"), "power", value, unit="kW")
     batch, texts, letters = coerce_points([p], source="mqtt")
@@ -198,8 +193,7 @@ def test_coerce_points(value, numeric, text, dead):
 
 
 def test_coerce_keeps_declared_text_tags():
-    from operators.record import Isa95, Point
-    from operators.validate import coerce_points
+    from wire.records import Isa95, Point, coerce_points
 
     ctx = Isa95("e", "s", "a", "l", "m")
     pts = [Point(1, ctx, "mode", "RUNNING"), Point(1, ctx, "power", "5")]

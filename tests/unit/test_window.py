@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from operators.aggregate.logic import TumblingAggregator, combine, summarize
 from operators.errors import RuleError
-from operators.record import PointBatch, TagRef
-from operators.window import TumblingAggregator, combine, summarize, window_label
 from tests.reference import assert_rows_match, reference_aggregates
+from wire.records import PointBatch, TagRef, window_label
 
 P = TagRef("e/s/a/l/m/power", "kW")
 T = TagRef("e/s/a/l/m/temp", "C")

@@ -1,0 +1,3 @@
+"""The console sink."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The files sink."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The influx sink."""
+
+__all__: list[str] = []

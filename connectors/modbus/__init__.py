@@ -1,0 +1,3 @@
+"""Modbus TCP / RTU-over-TCP polling input."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""MQTT input: plain topic templates and Sparkplug B."""
+
+__all__: list[str] = []

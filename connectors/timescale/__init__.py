@@ -1,0 +1,3 @@
+"""The timescale sink."""
+
+__all__: list[str] = []

@@ -1,0 +1,65 @@
+"""Graceful stop: the first SIGINT or SIGTERM asks every source to finish, the second aborts.
+
+Bytewax turns SIGINT into a runtime error with a traceback and no flush. Instead, sources
+poll :func:`stop_requested` (or wait on :func:`stop_event`) and end their input; the dataflow
+then runs to EOF, operators flush what they hold and sinks close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+__all__ = [
+    "install_signal_handlers",
+    "request_stop",
+    "reset",
+    "stop_event",
+    "stop_requested",
+]
+
+log = logging.getLogger("edgeflow")
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask all sources to end their input."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    """Return True once a stop was requested."""
+    return _stop.is_set()
+
+
+def stop_event() -> threading.Event:
+    """Return the event set on a stop request (I/O threads wait on it, never sleep)."""
+    return _stop
+
+
+def reset() -> None:
+    """Clear a stop request (for tests and embedded runs)."""
+    _stop.clear()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _stop.is_set():
+        log.error("second %s: aborting without flushing", signal.Signals(signum).name)
+        os._exit(130 if signum == signal.SIGINT else 143)
+    log.warning(
+        "stop requested (%s): finishing inputs and flushing (send it again to abort)",
+        signal.Signals(signum).name,
+    )
+    _stop.set()
+
+
+def install_signal_handlers() -> bool:
+    """Install the two-stage SIGINT/SIGTERM handler; returns False off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    return True

@@ -1,0 +1,63 @@
+"""Shared helpers of the Bytewax wrappers: per-shard engines and tagged-output splitting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream
+
+from wire.records import Event, Kpi, WindowAggregates
+
+__all__ = ["WindowScoresOut", "engine_flat_map", "pick", "score_windows"]
+
+
+def engine_flat_map(
+    step_id: str, up: KeyedStream[Any], factory: Callable[[], Any]
+) -> KeyedStream[Any]:
+    """Run ``factory().process(item) -> list`` per key; the engine is the snapshotted state."""
+
+    def mapper(state: Any, item: Any) -> tuple[Any, list[Any]]:
+        engine = state if state is not None else factory()
+        return engine, engine.process(item)
+
+    return op.stateful_flat_map(step_id, up, mapper)
+
+
+def pick(step_id: str, tagged: KeyedStream[tuple[str, Any]], tag: str) -> Stream[Any]:
+    """Unkeyed items of ``tagged`` whose tag is ``tag`` (``(key, (tag, item))`` pairs)."""
+    return op.filter_map(step_id, tagged, lambda kv: kv[1][1] if kv[1][0] == tag else None)
+
+
+@dataclass(frozen=True)
+class WindowScoresOut:
+    """KPI/score values and the events derived from them."""
+
+    kpis: Stream[Kpi]
+    events: Stream[Event]
+
+
+def _site_of_window(w: WindowAggregates) -> str:
+    return "/".join(w.tags[0].path.split("/", 2)[:2]) if w.tags else "_"
+
+
+@operator
+def score_windows(
+    step_id: str, up: Stream[WindowAggregates], factory: Callable[[], Any]
+) -> WindowScoresOut:
+    """Run a per-site window processor (KPIs, ONNX scoring) over closed windows.
+
+    ``factory()`` builds an object whose ``process(window)`` returns ``(kpis, events)``.
+    """
+    keyed = op.key_on("site", up, _site_of_window)
+
+    def mapper(state: Any, w: WindowAggregates) -> tuple[Any, list[tuple[str, Any]]]:
+        engine = state if state is not None else factory()
+        kpis, events = engine.process(w)
+        return engine, [("kpi", k) for k in kpis] + [("event", e) for e in events]
+
+    tagged = op.stateful_flat_map("eval", keyed, mapper)
+    return WindowScoresOut(pick("kpis", tagged, "kpi"), pick("events", tagged, "event"))

@@ -1,0 +1,145 @@
+"""Operator-internal state helpers: tag ids, per-table caches, cheap snapshot copies.
+
+These are how operators keep per-tag state in arrays; no other package uses them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from wire.records import TagRef
+
+__all__ = [
+    "PickleCopy",
+    "TableCache",
+    "TagOrder",
+    "TagRegistry",
+    "tag_matches",
+    "tag_order",
+]
+
+T = TypeVar("T")
+
+
+def tag_matches(pattern: str, ref: TagRef) -> bool:
+    """Match a glob against the full path, or against the tag name alone if no '/' in it."""
+    target = ref.path if "/" in pattern else ref.tag
+    return fnmatch.fnmatchcase(target, pattern)
+
+
+class TagRegistry:
+    """Dense integer ids for tag references, in order of first sight (per operator state)."""
+
+    def __init__(self) -> None:
+        self.tags: list[TagRef] = []
+        self._ids: dict[TagRef, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def __getitem__(self, gid: int) -> TagRef:
+        return self.tags[gid]
+
+    def id(self, ref: TagRef) -> int:
+        """Return the id of ``ref``, assigning the next one on first sight."""
+        gid = self._ids.get(ref)
+        if gid is None:
+            gid = self._ids[ref] = len(self.tags)
+            self.tags.append(ref)
+        return gid
+
+    def ids(self, tags: tuple[TagRef, ...], dtype: npt.DTypeLike = np.int64) -> npt.NDArray[Any]:
+        """Return the ids of a batch's tag table."""
+        return np.fromiter((self.id(t) for t in tags), dtype, len(tags))
+
+    def copy(self) -> TagRegistry:
+        """Return an independent registry with the same ids."""
+        new = TagRegistry()
+        new.tags = list(self.tags)
+        new._ids = dict(self._ids)
+        return new
+
+
+@dataclass(frozen=True, slots=True)
+class TagOrder:
+    """A batch's points grouped by tag, in arrival order within each tag.
+
+    ``before[i]`` is the newest time the tag had reached before point ``i`` arrived (from
+    ``known``, the per-tag state of earlier batches, and from the tag's earlier points in this
+    batch); ``newest[i]`` includes point ``i`` itself; ``last`` marks each tag's last point.
+    Operators that judge points by their tag's own order (lateness, freshness) share this.
+    """
+
+    order: npt.NDArray[np.intp]
+    gid: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    before: npt.NDArray[np.int64]
+    newest: npt.NDArray[np.int64]
+    last: npt.NDArray[np.bool_]
+
+
+def tag_order(
+    gid: npt.NDArray[Any], ts: npt.NDArray[np.int64], known: npt.NDArray[np.int64]
+) -> TagOrder:
+    """Group points by tag in arrival order; see :class:`TagOrder` (``ts < 2**43``)."""
+    order = np.argsort(gid, kind="stable")
+    g, t = gid[order].astype(np.int64), ts[order]
+    brk = np.r_[True, g[1:] != g[:-1]]
+    off = (np.cumsum(brk) - 1) << 44  # runs never mix in one running-max scan
+    newest = np.maximum.accumulate(t + off) - off
+    floor = np.iinfo(np.int64).min // 2
+    before = np.r_[floor, newest[:-1]]
+    before[brk] = floor
+    return TagOrder(order, g, t, np.maximum(before, known[g]), newest, np.r_[brk[1:], True])
+
+
+class PickleCopy:
+    """Deep copies through pickle.
+
+    Bytewax snapshots operator state at every epoch (a deep copy), with or without recovery.
+    For states made of numpy arrays and small tables, a pickle round trip is many times faster
+    than ``copy.deepcopy``'s object walk.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class TableCache(Generic[T]):
+    """Per-tag-table results keyed by the table's identity.
+
+    Sources reuse one tag-table tuple for all their batches, so operators resolve each table
+    (rules per tag, tag ids) once instead of once per batch. Entries hold the table itself,
+    which keeps its id valid; the cache is bounded and is not part of snapshots.
+    """
+
+    def __init__(self, build: Callable[[tuple[TagRef, ...]], T], *, size: int = 64) -> None:
+        self._build = build
+        self._size = size
+        self._items: dict[int, tuple[tuple[TagRef, ...], T]] = {}
+
+    def get(self, tags: tuple[TagRef, ...]) -> T:
+        """Return the cached result for ``tags``, building it on first sight."""
+        hit = self._items.get(id(tags))
+        if hit is not None and hit[0] is tags:
+            return hit[1]
+        value = self._build(tags)
+        if len(self._items) >= self._size:
+            self._items.pop(next(iter(self._items)))
+        self._items[id(tags)] = (tags, value)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"build": self._build, "size": self._size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._build = state["build"]
+        self._size = state["size"]
+        self._items = {}

@@ -1,0 +1,3 @@
+"""The aggregate operator."""
+
+__all__: list[str] = []

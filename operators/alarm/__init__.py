@@ -1,0 +1,3 @@
+"""The alarm operator."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The anomaly operator."""
+
+__all__: list[str] = []

@@ -1,0 +1,386 @@
+"""Anomaly windows: rules over a per-tag lookback window, evaluated at every point.
+
+For each point ``i`` of a tag at time ``t`` the rule looks at the tag's points in
+``(t - lookback_ms, t]`` (including ones from earlier batches) and tests:
+
+- ``drop``: ``(max - v) / |max| >= threshold`` (relative) or ``max - v >= threshold`` (absolute);
+- ``spike``: ``v >= factor * min`` with ``min >= min_baseline`` (relative rise);
+- ``deviation``: ``|mean - nominal| / |nominal| >= threshold`` (mean over the lookback);
+- ``rate``: ``|v - v_oldest| / seconds(t - t_oldest) >= threshold`` once the lookback holds at
+  least half a window of data.
+
+Points below ``ignore_below`` take no part (e.g. inverter efficiency reported 0 at night).
+A rule raises one event when its condition turns true for a tag and one ``cleared`` event
+when it turns false again: no event storms.
+
+Points are evaluated in arrival order per tag: a point that is not newer than the tag's newest
+evaluated point (late or duplicate) is skipped for anomaly purposes and counted in
+``skipped`` (it still reaches the aggregates or the late stream). Evaluation depends only on
+the points and their per-tag order, not on how they were batched, so replaying the raw topic
+(which keeps per-tag order) gives the same anomalies as the live run.
+
+Everything is columnar and bounded: for max/min rules the history keeps only a "staircase"
+(points that beat every later point of their tag, the vectorised form of a monotonic deque);
+within a batch, range extrema come from a sparse table; means use cumulative sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ConfigDict
+
+from operators._state import PickleCopy, TableCache, TagRegistry, tag_matches, tag_order
+from operators.errors import RuleError
+from wire.records import Event, PointBatch, TagRef
+
+__all__ = ["AnomalyDetector", "AnomalyRule"]
+
+Kind = Literal["drop", "spike", "deviation", "rate"]
+_TS_BITS = 42  # epoch ms < 2**42 until 2109; tag ids live above
+_TS_MASK = (1 << _TS_BITS) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRule:
+    """One anomaly rule; see the module docstring for the semantics of each kind."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    id: str
+    kind: Kind
+    tags: str
+    lookback_ms: int
+    threshold: float = 0.0
+    relative: bool = True
+    factor: float = 2.0
+    min_baseline: float = 1e-9
+    nominal: float | None = None
+    ignore_below: float | None = None
+    severity: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.lookback_ms <= 0:
+            msg = f"anomaly rule {self.id}: lookback_ms must be positive"
+            raise RuleError(msg)
+        if self.kind == "deviation" and not self.nominal:
+            msg = f"anomaly rule {self.id}: deviation needs a non-zero nominal"
+            raise RuleError(msg)
+        if self.kind == "spike" and self.factor <= 1:
+            msg = f"anomaly rule {self.id}: spike factor must be > 1"
+            raise RuleError(msg)
+        if self.kind in ("drop", "deviation", "rate") and self.threshold <= 0:
+            msg = f"anomaly rule {self.id}: threshold must be > 0"
+            raise RuleError(msg)
+
+
+def _sparse(values: npt.NDArray[np.float64], fn: np.ufunc) -> list[npt.NDArray[np.float64]]:
+    table = [values]
+    span = 1
+    while span * 2 <= len(values):
+        prev = table[-1]
+        table.append(fn(prev[:-span], prev[span:]))
+        span *= 2
+    return table
+
+
+def _range_query(
+    table: list[npt.NDArray[np.float64]],
+    lo: npt.NDArray[np.intp],
+    hi: npt.NDArray[np.intp],
+    fn: np.ufunc,
+) -> npt.NDArray[np.float64]:
+    """Fn over values[lo..hi] inclusive, for each (lo, hi) pair."""
+    length = hi - lo + 1
+    level = np.floor(np.log2(length)).astype(np.intp)
+    out = np.empty(len(lo), np.float64)
+    for k in np.unique(level).tolist():
+        sel = level == k
+        t = table[k]
+        out[sel] = fn(t[lo[sel]], t[hi[sel] - (1 << k) + 1])
+    return out
+
+
+@dataclass(slots=True)
+class _History:
+    key: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    value: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
+    # Mean rules: the tag's running sum of all evaluated values up to each point.
+    prefix: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
+
+
+def _running_sums(
+    start: npt.NDArray[np.float64],
+    val: npt.NDArray[np.float64],
+    starts: npt.NDArray[np.intp],
+    ends: npt.NDArray[np.intp],
+) -> npt.NDArray[np.float64]:
+    """Per-run running sums ``start[r] + v_0 + ... + v_i``, added strictly one after another.
+
+    The additions happen in the same order however the points were batched, so window sums
+    taken as differences of these running sums are identical in a live run and a replay.
+    """
+    lengths = ends - starts
+    width = int(lengths.max()) if len(lengths) else 0
+    out = np.empty(len(val), np.float64)
+    if len(lengths) * (width + 1) <= 4 * len(val) + 64:
+        grid = np.zeros((len(lengths), width + 1), np.float64)
+        grid[:, 0] = start
+        col = np.arange(len(val)) - np.repeat(starts, lengths) + 1
+        row = np.repeat(np.arange(len(lengths)), lengths)
+        grid[row, col] = val
+        out[:] = np.cumsum(grid, axis=1)[row, col]  # accumulate runs along each row in order
+        return out
+    for r, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        out[a:b] = np.cumsum(np.r_[start[r], val[a:b]])[1:]
+    return out
+
+
+class AnomalyDetector(PickleCopy):
+    """Evaluates a set of rules over point batches; keeps each tag's lookback history."""
+
+    def __init__(self, rules: tuple[AnomalyRule, ...]) -> None:
+        ids = [r.id for r in rules]
+        if len(set(ids)) != len(ids):
+            msg = f"anomaly rule ids must be unique: {ids}"
+            raise RuleError(msg)
+        self.rules = rules
+        self._reg = TagRegistry()
+        self._match: dict[str, dict[TagRef, bool]] = {r.id: {} for r in rules}
+        self._hist: dict[str, _History] = {r.id: _History() for r in rules}
+        self._active: dict[str, set[int]] = {r.id: set() for r in rules}
+        self._newest: dict[str, npt.NDArray[np.int64]] = {
+            r.id: np.empty(0, np.int64) for r in rules
+        }
+        self._total: dict[str, npt.NDArray[np.float64]] = {
+            r.id: np.empty(0, np.float64) for r in rules
+        }
+        self.skipped: dict[str, int] = {}
+        self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
+            r.id: TableCache(partial(self._rule_lut, r)) for r in rules
+        }
+
+    def process(self, batch: PointBatch) -> list[Event]:
+        """Evaluate all rules on a batch; return raise/clear events in time order."""
+        events: list[Event] = []
+        if not len(batch):
+            return events
+        for rule in self.rules:
+            events.extend(self._run(rule, batch))
+        events.sort(key=lambda e: (e.ts_ms, e.rule, e.path))
+        return events
+
+    def _rule_lut(self, rule: AnomalyRule, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int64]:
+        """Tag id of each table entry the rule applies to, -1 elsewhere."""
+        cache = self._match[rule.id]
+        lut = np.full(len(tags), -1, np.int64)
+        for i, ref in enumerate(tags):
+            m = cache.get(ref)
+            if m is None:
+                m = cache[ref] = tag_matches(rule.tags, ref)
+            if m:
+                lut[i] = self._reg.id(ref)
+        return lut
+
+    def _run(self, rule: AnomalyRule, batch: PointBatch) -> list[Event]:
+        gid = self._luts[rule.id].get(batch.tags)[batch.tag_idx]
+        sel = gid >= 0
+        if rule.ignore_below is not None:
+            sel &= batch.value >= rule.ignore_below
+        if not sel.any():
+            return []
+        # Points are evaluated in arrival order per tag: a point not newer than every point
+        # of its tag that arrived before it (in earlier batches or earlier in this one) is
+        # late or a duplicate; it is skipped and counted. Batching therefore never matters.
+        newest = self._newest[rule.id]
+        if len(newest) < len(self._reg):
+            newest = self._newest[rule.id] = np.r_[
+                newest, np.full(len(self._reg) - len(newest), -1, np.int64)
+            ]
+        o = tag_order(gid[sel], batch.ts_ms[sel], newest)
+        g, ts, val = o.gid, o.ts, batch.value[sel][o.order]
+        fresh = ts > o.before
+        if not fresh.all():
+            self.skipped[rule.id] = self.skipped.get(rule.id, 0) + int((~fresh).sum())
+            g, ts, val = g[fresh], ts[fresh], val[fresh]
+            if not len(g):
+                return []
+        key = (g << _TS_BITS) | ts  # sorted: fresh points rise in time within each tag
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        ends = np.r_[starts[1:], len(g)] - 1
+        newest[g[ends]] = ts[ends]
+        seg = np.cumsum(np.r_[True, g[1:] != g[:-1]]) - 1
+        # Window start inside this batch's points of the same tag.
+        lo_new = np.maximum(np.searchsorted(key, key - rule.lookback_ms, side="right"), starts[seg])
+        hist = self._hist[rule.id]
+        # Window start inside the kept history (sorted by key; all older than the batch).
+        h_lo = np.searchsorted(hist.key, key - rule.lookback_ms, side="right")
+        h_end = np.searchsorted(hist.key, g << _TS_BITS | _TS_MASK, side="right")
+        has_hist = h_lo < h_end
+        if rule.kind in ("drop", "spike"):
+            fn = np.maximum if rule.kind == "drop" else np.minimum
+            part = _range_query(_sparse(val, fn), lo_new, np.arange(len(val)), fn)
+            # History is a staircase: its first point inside the window is the extremum.
+            h_val = (
+                hist.value[np.minimum(h_lo, max(len(hist.value) - 1, 0))]
+                if len(hist.value)
+                else part
+            )
+            ext = np.where(has_hist, fn(part, h_val), part)
+            if rule.kind == "drop":
+                gap = ext - val
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = (
+                        np.where(np.abs(ext) > 0, gap / np.abs(ext), 0.0) if rule.relative else gap
+                    )
+                cond = score >= rule.threshold
+            else:
+                cond = (ext >= rule.min_baseline) & (val >= rule.factor * ext)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = np.where(ext > 0, val / ext, 0.0)
+            baseline = ext
+        else:
+            n_new = np.arange(len(val)) - lo_new + 1
+            n_hist = np.where(has_hist, h_end - h_lo, 0)
+            prefix = None
+            if rule.kind == "deviation":
+                total = self._total[rule.id]
+                if len(total) < len(self._reg):
+                    total = self._total[rule.id] = np.r_[
+                        total, np.zeros(len(self._reg) - len(total), np.float64)
+                    ]
+                prefix = _running_sums(total[g[starts]], val, starts, ends + 1)
+                total[g[ends]] = prefix[ends]
+                # Window sum = running sum here - running sum at the window's first point
+                # + that point's value (from the history when the window reaches into it).
+                first = np.minimum(h_lo, max(len(hist.key) - 1, 0))
+                if len(hist.key):
+                    first_p = np.where(has_hist, hist.prefix[first], prefix[lo_new])
+                    first_v = np.where(has_hist, hist.value[first], val[lo_new])
+                else:
+                    first_p, first_v = prefix[lo_new], val[lo_new]
+                mean = (prefix - first_p + first_v) / (n_new + n_hist)
+                assert rule.nominal is not None
+                score = np.abs(mean - rule.nominal) / abs(rule.nominal)
+                cond = score >= rule.threshold
+                baseline = mean
+            else:  # rate: against the oldest point in the window
+                safe = np.minimum(h_lo, max(len(hist.key) - 1, 0))
+                old_ts = np.where(
+                    has_hist, hist.key[safe] & _TS_MASK if len(hist.key) else 0, ts[lo_new]
+                )
+                old_v = np.where(
+                    has_hist, hist.value[safe] if len(hist.value) else 0.0, val[lo_new]
+                )
+                span_ms = (ts - old_ts).astype(np.float64)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = np.where(span_ms > 0, np.abs(val - old_v) / (span_ms / 1000.0), 0.0)
+                cond = (score >= rule.threshold) & (span_ms * 2 >= rule.lookback_ms)
+                baseline = old_v
+        events = self._transitions(rule, g, ts, val, cond, score, baseline)
+        self._update_history(rule, hist, key, val, prefix if rule.kind == "deviation" else None)
+        return events
+
+    def _update_history(
+        self,
+        rule: AnomalyRule,
+        hist: _History,
+        key: npt.NDArray[np.int64],
+        val: npt.NDArray[np.float64],
+        prefix: npt.NDArray[np.float64] | None = None,
+    ) -> None:
+        """Merge the batch into the history and keep only what later lookbacks can reach."""
+        all_key = np.concatenate([hist.key, key])
+        all_val = np.concatenate([hist.value, val])
+        order = np.argsort(all_key, kind="stable")  # two sorted runs: a linear merge
+        all_key, all_val = all_key[order], all_val[order]
+        all_p = None if prefix is None else np.concatenate([hist.prefix, prefix])[order]
+        g = all_key >> _TS_BITS
+        ts = all_key & _TS_MASK
+        brk = np.r_[True, g[1:] != g[:-1]]
+        starts = np.flatnonzero(brk)
+        seg = np.cumsum(brk) - 1
+        newest = np.maximum.reduceat(ts, starts)
+        keep = ts > newest[seg] - rule.lookback_ms
+        if rule.kind in ("drop", "spike") and len(all_val):
+            # Staircase: keep a point only if it beats every later point of its tag; that is
+            # all a window maximum (minimum) ending at a later time can use. Ranks make the
+            # per-tag running extremum exact in integers.
+            _, rank = np.unique(all_val if rule.kind == "drop" else -all_val, return_inverse=True)
+            rank = rank.astype(np.int64)
+            rev_rank, rev_brk = rank[::-1], np.r_[True, g[::-1][1:] != g[::-1][:-1]]
+            off = (np.cumsum(rev_brk) - 1) * (len(rank) + 1)
+            run = np.maximum.accumulate(rev_rank + off) - off
+            later = np.r_[-1, run[:-1]]
+            later[rev_brk] = -1
+            keep &= (rev_rank > later)[::-1]
+        hist.key, hist.value = all_key[keep], all_val[keep]
+        if all_p is not None:
+            hist.prefix = all_p[keep]
+
+    def _transitions(
+        self,
+        rule: AnomalyRule,
+        g: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        val: npt.NDArray[np.float64],
+        cond: npt.NDArray[np.bool_],
+        score: npt.NDArray[np.float64],
+        baseline: npt.NDArray[np.float64],
+    ) -> list[Event]:
+        active = self._active[rule.id]
+        events: list[Event] = []
+        pos = np.arange(len(g))
+        gn, cn = g, cond
+        first = np.r_[True, gn[1:] != gn[:-1]]
+        prev = np.r_[False, cn[:-1]]
+        init = np.fromiter((int(x) in active for x in gn[first].tolist()), np.bool_)
+        prev[first] = init
+        for k in np.flatnonzero(cn != prev).tolist():
+            p = pos[k]
+            gid = int(gn[k])
+            ref = self._reg[gid]
+            raised = bool(cn[k])
+            if raised:
+                active.add(gid)
+            else:
+                active.discard(gid)
+            events.append(
+                Event(
+                    kind="anomaly",
+                    rule=rule.id,
+                    path=ref.path,
+                    ts_ms=int(ts[p]),
+                    severity=rule.severity,
+                    state="raised" if raised else "cleared",
+                    message=self._message(rule, float(val[p]), float(baseline[p]), raised),
+                    details={
+                        "kind": rule.kind,
+                        "lookback_ms": rule.lookback_ms,
+                        "window_start_ms": int(ts[p]) - rule.lookback_ms,
+                        "value": float(val[p]),
+                        "baseline": float(baseline[p]),
+                        "score": float(score[p]),
+                        "threshold": rule.factor if rule.kind == "spike" else rule.threshold,
+                        "unit": ref.unit,
+                    },
+                )
+            )
+        return events
+
+    @staticmethod
+    def _message(rule: AnomalyRule, v: float, base: float, raised: bool) -> str:
+        if not raised:
+            return f"{rule.kind} condition cleared (value {v:g})"
+        window = f"{rule.lookback_ms / 1000:g}s"
+        if rule.kind == "drop":
+            return f"dropped from {base:g} to {v:g} within {window}"
+        if rule.kind == "spike":
+            return f"rose from {base:g} to {v:g} (>= {rule.factor:g}x) within {window}"
+        if rule.kind == "deviation":
+            return f"mean {base:g} over {window} deviates from nominal {rule.nominal:g}"
+        return f"changes faster than {rule.threshold:g}/s over {window}"

@@ -1,0 +1,3 @@
+"""The custom operator."""
+
+__all__: list[str] = []

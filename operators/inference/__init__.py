@@ -1,0 +1,3 @@
+"""The inference operator."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The kpi operator."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The validate operator."""
+
+__all__: list[str] = []

@@ -1,0 +1,283 @@
+"""Columnar validation of point batches.
+
+Checks, in order, each rejecting into dead letters with a reason:
+
+1. quality filter (by default BAD is rejected; UNCERTAIN passes);
+2. non-finite values (NaN, +-inf);
+3. timestamp guard: points further than ``max_future_ms`` ahead of, or ``max_past_ms`` behind,
+   the batch's receive time (skewed device clocks);
+4. per-tag range rules (first matching rule wins);
+5. duplicates: the same tag and timestamp twice in a batch, or again as the tag's newest
+   timestamp already accepted.
+
+Then unit conversion (e.g. kW -> MW) rewrites value and unit, and stale detection marks points
+whose value has not changed for ``stale_after_ms`` as UNCERTAIN (they are still delivered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from operators._state import PickleCopy, TableCache, TagRegistry, tag_matches
+from operators.validate.config import ValidateOp
+from wire.records import DeadLetter, PointBatch, Quality, TagRef, ms_to_iso
+
+__all__ = ["ValidationResult", "Validator"]
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """Accepted points, rejected points as dead letters, and tags that just went stale."""
+
+    ok: PointBatch
+    rejected: list[DeadLetter]
+    newly_stale: list[tuple[TagRef, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _TagPlan:
+    lo: float
+    hi: float
+    factor: float
+    offset: float
+    out: TagRef
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _TablePlan:
+    """Everything a batch's tag table resolves to, as arrays indexed like the table."""
+
+    plans: list[_TagPlan]
+    lo: npt.NDArray[np.float64]
+    hi: npt.NDArray[np.float64]
+    factor: npt.NDArray[np.float64]
+    offset: npt.NDArray[np.float64]
+    converts: bool
+    stale: npt.NDArray[np.bool_]
+    out_tags: tuple[TagRef, ...]
+    gid: npt.NDArray[np.int64]
+
+
+class Validator(PickleCopy):
+    """Stateful (per stream shard) validator; keeps each tag's newest timestamp and value."""
+
+    def __init__(self, rules: ValidateOp, *, stage: str | None = None) -> None:
+        self.rules = rules
+        self.stage = stage or rules.id
+        self._plans: dict[TagRef, _TagPlan] = {}
+        self._reg = TagRegistry()
+        self._last_ts = np.empty(0, np.int64)
+        self._last_val = np.empty(0, np.float64)
+        self._last_change = np.empty(0, np.int64)
+        self._stale = np.empty(0, np.bool_)
+        self.counts: dict[str, int] = {}
+        self._tables: TableCache[_TablePlan] = TableCache(self._table)
+
+    def _table(self, tags: tuple[TagRef, ...]) -> _TablePlan:
+        plans = [self._plan(t) for t in tags]
+        factor = np.array([p.factor for p in plans], np.float64)
+        offset = np.array([p.offset for p in plans], np.float64)
+        out_tags = tuple(p.out for p in plans)
+        return _TablePlan(
+            plans=plans,
+            lo=np.array([p.lo for p in plans], np.float64),
+            hi=np.array([p.hi for p in plans], np.float64),
+            factor=factor,
+            offset=offset,
+            converts=bool((factor != 1.0).any() or (offset != 0.0).any()),
+            stale=np.array([p.stale for p in plans], np.bool_),
+            out_tags=tags if out_tags == tags else out_tags,
+            gid=self._gids(tags),
+        )
+
+    def _plan(self, ref: TagRef) -> _TagPlan:
+        plan = self._plans.get(ref)
+        if plan is not None:
+            return plan
+        lo, hi = -np.inf, np.inf
+        for rule in self.rules.ranges:
+            if tag_matches(rule.tags, ref):
+                lo = -np.inf if rule.min is None else rule.min
+                hi = np.inf if rule.max is None else rule.max
+                break
+        factor, offset, out = 1.0, 0.0, ref
+        for conv in self.rules.conversions:
+            if conv.from_unit == ref.unit and tag_matches(conv.tags, ref):
+                factor, offset = float(conv.factor or 1.0), float(conv.offset or 0.0)
+                out = TagRef(ref.path, conv.to_unit)
+                break
+        stale = self.rules.stale_after_ms is not None and tag_matches(self.rules.stale_tags, ref)
+        plan = self._plans[ref] = _TagPlan(lo, hi, factor, offset, out, stale)
+        return plan
+
+    def _gids(self, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int64]:
+        lut = self._reg.ids(tags)
+        n = len(self._reg)
+        if n > len(self._last_ts):
+            grow = n - len(self._last_ts)
+            self._last_ts = np.r_[self._last_ts, np.full(grow, np.iinfo(np.int64).min)]
+            self._last_val = np.r_[self._last_val, np.full(grow, np.nan)]
+            self._last_change = np.r_[self._last_change, np.full(grow, np.iinfo(np.int64).min)]
+            self._stale = np.r_[self._stale, np.zeros(grow, np.bool_)]
+        return lut
+
+    def _reject(
+        self, batch: PointBatch, mask: npt.NDArray[np.bool_], reasons: list[str]
+    ) -> list[DeadLetter]:
+        out = []
+        for i in np.flatnonzero(mask).tolist():
+            ref = batch.tags[int(batch.tag_idx[i])]
+            point = {
+                "path": ref.path,
+                "unit": ref.unit,
+                "ts": ms_to_iso(int(batch.ts_ms[i])),
+                "ts_ms": int(batch.ts_ms[i]),
+                "value": float(batch.value[i]),
+                "quality": Quality(int(batch.quality[i])).name,
+            }
+            out.append(DeadLetter(self.stage, reasons[i], point, source=batch.source))
+            key = reasons[i].split(":", 1)[0]
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return out
+
+    def process(self, batch: PointBatch) -> ValidationResult:
+        """Validate one batch; accepted points keep their relative order."""
+        n = len(batch)
+        if not n:
+            return ValidationResult(batch, [])
+        r = self.rules
+        table = self._tables.get(batch.tags)
+        plans = table.plans
+        reasons = [""] * n
+        bad = np.zeros(n, np.bool_)
+
+        def flag(mask: npt.NDArray[np.bool_], reason_of: object) -> None:
+            new = mask & ~bad
+            if new.any():
+                for i in np.flatnonzero(new).tolist():
+                    reasons[i] = reason_of(i) if callable(reason_of) else str(reason_of)
+                bad[new] = True
+
+        accepted_q = np.array(sorted(int(Quality[q]) for q in r.accept_quality), np.uint8)
+        flag(
+            ~np.isin(batch.quality, accepted_q),
+            lambda i: f"quality: {Quality(int(batch.quality[i])).name} is not accepted",
+        )
+        flag(~np.isfinite(batch.value), lambda i: f"non-finite: value is {batch.value[i]}")
+        ref = batch.received_at()
+        known = np.asarray(ref) != 0  # 0: receive time unknown, no skew check
+
+        def ref_of(i: int) -> int:
+            return ref if isinstance(ref, int) else int(ref[i])
+
+        if r.max_future_ms is not None:
+            flag(
+                known & (batch.ts_ms > ref + r.max_future_ms),
+                lambda i: (
+                    f"clock-skew: timestamp {(int(batch.ts_ms[i]) - ref_of(i)) / 1000:.1f}s "
+                    f"ahead of receive time (limit {r.max_future_ms / 1000:g}s)"
+                ),
+            )
+        if r.max_past_ms is not None:
+            flag(
+                known & (batch.ts_ms < ref - r.max_past_ms),
+                lambda i: (
+                    f"too-old: timestamp {(ref_of(i) - int(batch.ts_ms[i])) / 1000:.1f}s before "
+                    f"receive time (limit {r.max_past_ms / 1000:g}s)"
+                ),
+            )
+        lo = table.lo[batch.tag_idx]
+        hi = table.hi[batch.tag_idx]
+        flag(
+            (batch.value < lo) | (batch.value > hi),
+            lambda i: (
+                f"out-of-range: {batch.value[i]:g} not in "
+                f"[{plans[batch.tag_idx[i]].lo:g}, {plans[batch.tag_idx[i]].hi:g}]"
+            ),
+        )
+        gid = table.gid[batch.tag_idx]
+        if r.dedupe:
+            order = np.lexsort((batch.ts_ms, gid))
+            g_s, t_s, ok_s = gid[order], batch.ts_ms[order], ~bad[order]
+            # Only accepted points can make a later one a duplicate.
+            cand = np.flatnonzero(ok_s)
+            dup = np.zeros(n, np.bool_)
+            if len(cand) > 1:
+                same = (g_s[cand][1:] == g_s[cand][:-1]) & (t_s[cand][1:] == t_s[cand][:-1])
+                dup[order[cand[1:][same]]] = True
+            dup |= batch.ts_ms == self._last_ts[gid]
+            flag(dup, lambda i: f"duplicate: {batch.tags[batch.tag_idx[i]].path} at this time")
+
+        keep = ~bad
+        rejected = self._reject(batch, bad, reasons) if bad.any() else []
+        ok = batch.select(keep) if bad.any() else batch
+        ok_gid = gid[keep]
+        newly_stale: list[tuple[TagRef, int]] = []
+        if len(ok):
+            value = ok.value
+            if table.converts:
+                value = value * table.factor[ok.tag_idx] + table.offset[ok.tag_idx]
+            quality = ok.quality
+            if r.stale_after_ms is not None:
+                quality, newly_stale = self._stale_check(ok, ok_gid, value, table.stale)
+            else:
+                self._remember(ok_gid, ok.ts_ms, value)
+            ok = ok.with_values(value, tags=table.out_tags, quality=quality)
+        return ValidationResult(ok, rejected, newly_stale)
+
+    def _remember(
+        self, gid: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], value: npt.NDArray[np.float64]
+    ) -> None:
+        order = np.lexsort((ts, gid))
+        g, t, v = gid[order], ts[order], value[order]
+        last = np.r_[g[1:] != g[:-1], True]
+        newer = t[last] >= self._last_ts[g[last]]
+        self._last_ts[g[last][newer]] = t[last][newer]
+        self._last_val[g[last][newer]] = v[last][newer]
+
+    def _stale_check(
+        self,
+        ok: PointBatch,
+        gid: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+        stale_tags: npt.NDArray[np.bool_],
+    ) -> tuple[npt.NDArray[np.uint8], list[tuple[TagRef, int]]]:
+        assert self.rules.stale_after_ms is not None
+        order = np.lexsort((ok.ts_ms, gid))
+        g, t, v = gid[order], ok.ts_ms[order], value[order]
+        first = np.r_[True, g[1:] != g[:-1]]
+        last = np.r_[g[1:] != g[:-1], True]
+        prev_v = np.where(first, self._last_val[g], np.r_[np.nan, v[:-1]])
+        changed = v != prev_v
+        base = np.where(first & ~changed, self._last_change[g], -1)
+        change_ts = np.where(changed, t, base)
+        seg = np.cumsum(first)
+        # Running max of the last change time within each tag's run: offset runs apart.
+        off = seg.astype(np.int64) << 43
+        floor = np.iinfo(np.int64).min // 4
+        lifted = np.where(change_ts >= 0, change_ts, np.where(first, floor, -1)) + off
+        last_change = np.maximum.accumulate(lifted) - off
+        stale_sorted = (t - last_change >= self.rules.stale_after_ms) & stale_tags[
+            ok.tag_idx[order]
+        ]
+        quality = ok.quality.copy()
+        stale_pts = order[stale_sorted]
+        quality[stale_pts] = np.maximum(quality[stale_pts], int(Quality.UNCERTAIN))
+        newly: list[tuple[TagRef, int]] = []
+        end_g = g[last]
+        end_stale = stale_sorted[last]
+        was = self._stale[end_g]
+        last_pos = order[np.flatnonzero(last)]
+        for k in np.flatnonzero(end_stale & ~was).tolist():
+            newly.append((ok.tags[int(ok.tag_idx[last_pos[k]])], int(t[last][k])))
+        newer = t[last] >= self._last_ts[end_g]
+        upd = end_g[newer]
+        self._last_ts[upd] = t[last][newer]
+        self._last_val[upd] = v[last][newer]
+        self._last_change[upd] = last_change[last][newer]
+        self._stale[upd] = end_stale[newer]
+        return quality, newly

@@ -1,0 +1,152 @@
+"""Sparkplug B payload decoding and encoding (protobuf generated from sparkplug_b.proto).
+
+Signed integers are read from the low bits of whichever value field carries them, so both the
+specification's encoding and other implementations' (e.g. Tahu JS writes Int8 -5 as the 32-bit
+two's complement 4294967291, and UInt32 in ``long_value``) decode to the same number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from wire.errors import CodecError
+from wire.sparkplug.sparkplug_b_pb2 import Payload  # type: ignore[attr-defined]
+
+__all__ = ["DATATYPES", "SparkplugError", "SpMetric", "SpPayload", "decode", "encode"]
+
+DATATYPES = {
+    1: "Int8",
+    2: "Int16",
+    3: "Int32",
+    4: "Int64",
+    5: "UInt8",
+    6: "UInt16",
+    7: "UInt32",
+    8: "UInt64",
+    9: "Float",
+    10: "Double",
+    11: "Boolean",
+    12: "String",
+    13: "DateTime",
+    14: "Text",
+    15: "UUID",
+    16: "DataSet",
+    17: "Bytes",
+    18: "File",
+    19: "Template",
+}
+_CODES = {v: k for k, v in DATATYPES.items()}
+_SIGNED_BITS = {1: 8, 2: 16, 3: 32, 4: 64}
+_UNSIGNED_BITS = {5: 8, 6: 16, 7: 32, 8: 64, 13: 64}
+
+
+class SparkplugError(CodecError):
+    """A Sparkplug payload or metric cannot be decoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpMetric:
+    """One decoded metric; ``value`` is None when ``is_null`` or not a scalar type."""
+
+    name: str | None
+    alias: int | None
+    timestamp: int | None
+    datatype: int | None
+    value: float | bool | str | bytes | None
+    is_null: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SpPayload:
+    """A decoded payload."""
+
+    timestamp: int | None
+    seq: int | None
+    metrics: tuple[SpMetric, ...]
+
+
+def _value(m: Any, datatype: int | None) -> float | bool | str | bytes | None:
+    field = m.WhichOneof("value")
+    if field is None:
+        return None
+    raw = getattr(m, field)
+    if field in ("int_value", "long_value") and datatype is not None:
+        if datatype in _SIGNED_BITS:
+            bits = _SIGNED_BITS[datatype]
+            v = int(raw) & ((1 << bits) - 1)
+            return float(v - (1 << bits) if v >> (bits - 1) else v)
+        if datatype in _UNSIGNED_BITS:
+            return float(int(raw) & ((1 << _UNSIGNED_BITS[datatype]) - 1))
+    if field in ("dataset_value", "template_value", "extension_value"):
+        return None
+    if isinstance(raw, bool | str | bytes):
+        return raw
+    return float(raw)
+
+
+def decode(data: bytes) -> SpPayload:
+    """Decode a Sparkplug B payload; raises :class:`SparkplugError` on malformed bytes."""
+    p = Payload()
+    try:
+        p.ParseFromString(data)
+    except DecodeError as e:
+        msg = f"malformed Sparkplug B payload: {e}"
+        raise SparkplugError(msg) from e
+    metrics = []
+    for m in p.metrics:
+        datatype = m.datatype if m.HasField("datatype") else None
+        metrics.append(
+            SpMetric(
+                name=m.name if m.HasField("name") else None,
+                alias=m.alias if m.HasField("alias") else None,
+                timestamp=m.timestamp if m.HasField("timestamp") else None,
+                datatype=datatype,
+                value=None if m.is_null else _value(m, datatype),
+                is_null=m.is_null,
+            )
+        )
+    return SpPayload(
+        timestamp=p.timestamp if p.HasField("timestamp") else None,
+        seq=p.seq if p.HasField("seq") else None,
+        metrics=tuple(metrics),
+    )
+
+
+def encode(
+    metrics: list[tuple[str | None, int | None, str, Any]], *, seq: int | None, timestamp: int
+) -> bytes:
+    """Encode ``(name, alias, datatype name, value)`` metrics (simulators and tests)."""
+    p = Payload()
+    p.timestamp = timestamp
+    if seq is not None:
+        p.seq = seq
+    for name, alias, dtype, value in metrics:
+        m = p.metrics.add()
+        if name is not None:
+            m.name = name
+        if alias is not None:
+            m.alias = alias
+        m.timestamp = timestamp
+        code = _CODES[dtype]
+        m.datatype = code
+        if value is None:
+            m.is_null = True
+        elif code in (1, 2, 3, 5, 6, 7):
+            m.int_value = int(value) & 0xFFFFFFFF
+        elif code in (4, 8, 13):
+            m.long_value = int(value) & 0xFFFFFFFFFFFFFFFF
+        elif code == 9:
+            m.float_value = float(value)
+        elif code == 10:
+            m.double_value = float(value)
+        elif code == 11:
+            m.boolean_value = bool(value)
+        elif code in (12, 14, 15):
+            m.string_value = str(value)
+        else:
+            m.bytes_value = bytes(value)
+    data: bytes = p.SerializeToString()
+    return data
