@@ -616,6 +616,15 @@ def postgres_sink(data: BenchData) -> dict[str, Any]:
     return {"seconds": dt, "rows": len(rows)}
 
 
+def _influx_admin() -> tuple[str, str]:
+    import os
+    from pathlib import Path
+
+    env = Path(os.environ.get("EDGEFLOW_INFRA_DIR", "/var/tmp/edgeflow-infra")) / "secrets.env"
+    pairs = dict(line.split("=", 1) for line in env.read_text().splitlines() if "=" in line)
+    return "admin", pairs["INFLUX_ADMIN_PASSWORD"]
+
+
 def influx_sink(data: BenchData) -> dict[str, Any]:
     """Case 4: aggregate rows/s into InfluxDB 1.x (line protocol, gzip), 5,000 per request."""
     import os
@@ -628,15 +637,25 @@ def influx_sink(data: BenchData) -> dict[str, Any]:
 
     url = os.environ.get("EDGEFLOW_INFLUX_URL", "http://127.0.0.1:18086")
     db = f"bench_{uuid.uuid4().hex[:8]}"
-    q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode()
-    urllib.request.urlopen(f"{url}/query", data=q, timeout=10).close()
+    admin = _influx_admin()
+    cfg = InfluxSinkConfig(
+        type="influxdb", url=url, database=db, username=admin[0], password=admin[1]
+    )
+
+    def query(stmt: str) -> None:
+        req = urllib.request.Request(
+            f"{url}/query", data=urllib.parse.urlencode({"q": stmt}).encode()
+        )
+        req.add_header("Authorization", InfluxWriter(cfg)._endpoint()[1]["Authorization"])
+        urllib.request.urlopen(req, timeout=10).close()
+
+    query(f'CREATE DATABASE "{db}"')
     rows = _agg_rows(data)
-    w = InfluxWriter(InfluxSinkConfig(type="influxdb", url=url, database=db))
+    w = InfluxWriter(cfg)
     t0 = time.perf_counter()
     dead = w.write([("aggregates", r) for r in rows])
     dt = time.perf_counter() - t0
-    q = urllib.parse.urlencode({"q": f'DROP DATABASE "{db}"'}).encode()
-    urllib.request.urlopen(f"{url}/query", data=q, timeout=10).close()
+    query(f'DROP DATABASE "{db}"')
     return {"seconds": dt, "rows": len(rows), "dead": len(dead)}
 
 

@@ -61,7 +61,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
 
 
 class SiteIdentity(_Model):
@@ -286,7 +288,8 @@ def parse_site(data: Any, *, source: str = "<dict>", base_dir: Path | None = Non
     try:
         site = model.model_validate(data, context={"base_dir": base_dir, "file": source})
     except ValidationError as e:
-        raise ConfigError(_format_errors(source, e)) from e
+        # Not chained: the validation error holds the raw input, secrets included.
+        raise ConfigError(_format_errors(source, e)) from None
     site._source_file = source
     return site
 

@@ -89,7 +89,10 @@ BUILTINS: tuple[str, ...] = (
 class ComponentModel(BaseModel):
     """Base of every component config: strict (unknown keys are errors), frozen, with an id."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Inputs never appear in validation errors: they may hold secrets.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
 
     type: str
     id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]+$")

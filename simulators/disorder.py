@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulators.errors import SimulatorSetupError
 from wire.records import PointBatch
 
 __all__ = ["Disorder"]
@@ -21,10 +22,10 @@ class Disorder:
     def __init__(self, *, fraction: float, max_delay_ms: int, seed: int = 0) -> None:
         if not 0 <= fraction <= 1:
             msg = f"fraction must be in [0, 1], got {fraction}"
-            raise ValueError(msg)
+            raise SimulatorSetupError(msg)
         if max_delay_ms <= 0:
             msg = f"max_delay_ms must be positive, got {max_delay_ms}"
-            raise ValueError(msg)
+            raise SimulatorSetupError(msg)
         self.fraction = fraction
         self.max_delay_ms = max_delay_ms
         self._rng = np.random.default_rng(seed)

@@ -2,7 +2,7 @@
 
 Each asset is a device id with a register map that mixes the data types and byte orders met
 on real plants (word-swapped float32 power, scaled int16 temperatures, signed int32 battery
-power, float64 battery voltage, coils for run state). ``python -m simulators.modbus_server
+power, float64 battery voltage, coils for run state). ``edgeflow sim modbus
 --port 5020`` serves it until Ctrl-C; tests start it in-process with :class:`ModbusSiteServer`.
 """
 
@@ -19,6 +19,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from simulators.errors import SimulatorSetupError
 from simulators.site import EnergySite
 from wire.modbus import RegisterSpec, encode
 from wire.records import now_ms
@@ -224,7 +225,7 @@ class ModbusSiteServer:
         self._thread.start()
         if not self._ready.wait(10):
             msg = "modbus simulator did not start"
-            raise RuntimeError(msg)
+            raise SimulatorSetupError(msg)
         return self
 
     def stop(self) -> None:

@@ -1,6 +1,6 @@
 """Publish the simulated energy site over MQTT: plain JSON topics or Sparkplug B.
 
-``python -m simulators.mqtt_publisher --port 1883 [--sparkplug]`` publishes every tag each
+``edgeflow sim mqtt --port 1883 [--sparkplug]`` publishes every tag each
 second until Ctrl-C. Plain mode: ``plant/{area}/{line}/{machine}/{tag}`` with
 ``{"value": .., "ts_ms": ..}``. Sparkplug mode: group ``demo``, edge node ``site-gw``, one device
 per asset (DBIRTH with aliases, then DDATA by alias), answering rebirth requests.

@@ -4,7 +4,7 @@ Variables live under ``Objects/Site/<area>/<line>/<machine>/<tag>`` (folder
 ``ns=2;s=Site``) with string node ids ``ns=2;s=<machine>.<tag>``; values update every
 ``update_ms``. Security policies None, Basic256Sha256 Sign and SignAndEncrypt are offered when
 a certificate is given; a username and password can be required.
-``python -m simulators.opcua_server --port 4840`` runs it.
+``edgeflow sim opcua --port 4840`` runs it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.server.user_managers import UserManager
 
+from simulators.errors import SimulatorSetupError
 from simulators.site import EnergySite
 from wire.records import now_ms
 
@@ -132,7 +133,7 @@ class OpcUaSiteServer:
         self._thread.start()
         if not self._ready.wait(30):
             msg = "OPC UA simulator did not start"
-            raise RuntimeError(msg)
+            raise SimulatorSetupError(msg)
         return self
 
     def stop(self) -> None:

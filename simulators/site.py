@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 from pydantic import ConfigDict
 
+from simulators.errors import SimulatorSetupError
 from wire.records import Isa95, PointBatch, Quality, TagRef
 
 __all__ = ["FAULT_KINDS", "EnergySite", "Fault", "FaultKind", "SiteLayout"]
@@ -65,7 +66,7 @@ class Fault:
     def __post_init__(self) -> None:
         if self.start_s < 0 or self.duration_s <= 0:
             msg = f"fault {self.kind} on {self.asset}: start_s must be >= 0 and duration_s > 0"
-            raise ValueError(msg)
+            raise SimulatorSetupError(msg)
 
     def active(self, t_s: float) -> bool:
         """Return True while the fault is active at ``t_s`` seconds after the simulation start."""
@@ -165,7 +166,7 @@ class EnergySite:
         bad_kinds = {f.kind for f in faults} - set(FAULT_KINDS)
         if unknown or bad_kinds:
             msg = f"faults name unknown assets {sorted(unknown)} or kinds {sorted(bad_kinds)}"
-            raise ValueError(msg)
+            raise SimulatorSetupError(msg)
 
     @property
     def now_ms(self) -> int:

@@ -31,8 +31,11 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from pydantic import SecretStr
+
 from connectors.errors import SinkError
 from connectors.influx.config import InfluxSinkConfig
+from flows.logs import reveal
 from wire.records import ISA95_LEVELS, DeadLetter, window_label
 
 __all__ = ["InfluxWriter", "escape_key", "escape_tag", "line_for"]
@@ -150,14 +153,16 @@ class InfluxWriter:
         if cfg.api == "v2":
             q = {"org": cfg.org or "", "bucket": cfg.bucket or "", "precision": "ms"}
             if cfg.token is not None:
-                headers["Authorization"] = f"Token {cfg.token.get_secret_value()}"
+                headers["Authorization"] = f"Token {reveal(cfg.token)}"
             return f"{cfg.url.rstrip('/')}/api/v2/write?{urllib.parse.urlencode(q)}", headers
         q = {"db": cfg.database, "precision": "ms"}
         if cfg.retention_policy:
             q["rp"] = cfg.retention_policy
         if cfg.username:
-            password = cfg.password.get_secret_value() if cfg.password else ""
-            basic = base64.b64encode(f"{cfg.username}:{password}".encode()).decode()
+            password = reveal(cfg.password) if cfg.password else ""
+            basic = reveal(
+                SecretStr(base64.b64encode(f"{cfg.username}:{password}".encode()).decode())
+            )
             headers["Authorization"] = f"Basic {basic}"
         return f"{cfg.url.rstrip('/')}/write?{urllib.parse.urlencode(q)}", headers
 
@@ -183,7 +188,9 @@ class InfluxWriter:
             if 200 <= status < 300:
                 self.written += len(lines)
                 return []
-            if status == 400 or (400 < status < 500 and status != 429):
+            # 401/403/404 say nothing about the data (credentials, permissions, a missing
+            # database): they are retried like an outage, never bisected into dead letters.
+            if status == 400 or (400 < status < 500 and status not in (401, 403, 404, 429)):
                 if len(lines) == 1:
                     reason = detail.split("|retry-after=")[0].strip()
                     with contextlib.suppress(ValueError):

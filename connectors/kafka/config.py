@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from flows.logs import reveal
 from flows.registry import InputModel, SinkModel, StreamName
 from wire.records import ms_to_datetime
 
@@ -41,7 +42,7 @@ class KafkaConnection(BaseModel):
         """Return the librdkafka settings, secrets included (only for creating a client)."""
         cfg = {"bootstrap.servers": self.bootstrap_servers, **self.config}
         if self.sasl_password is not None:
-            cfg["sasl.password"] = self.sasl_password.get_secret_value()
+            cfg["sasl.password"] = reveal(self.sasl_password)
         return cfg
 
 

@@ -37,6 +37,7 @@ from typing_extensions import override
 from connectors.errors import SourceError
 from connectors.mqtt.config import FIELDS, MqttInput
 from flows.lifecycle import stop_requested
+from flows.logs import reveal
 from wire.errors import RecordError
 from wire.records import DeadLetter, Event, PointBatch, Quality, TagTable, now_ms, to_ms
 from wire.sparkplug.codec import SparkplugError, decode, encode
@@ -243,7 +244,7 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
         if src.cfg.username:
             c.username_pw_set(
                 src.cfg.username,
-                src.cfg.password.get_secret_value() if src.cfg.password else None,
+                reveal(src.cfg.password) if src.cfg.password else None,
             )
         if src.cfg.tls_ca:
             c.tls_set(ca_certs=src.cfg.tls_ca, cert_reqs=ssl.CERT_REQUIRED)

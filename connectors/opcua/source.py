@@ -26,6 +26,7 @@ from typing_extensions import override
 
 from connectors.opcua.config import OpcUaInput
 from flows.lifecycle import stop_requested
+from flows.logs import reveal
 from wire.records import DeadLetter, PointBatch, Quality, TagTable, now_ms
 
 __all__ = ["NodeMap", "OpcUaSource", "quality_of"]
@@ -95,7 +96,7 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, None]):
             client.application_uri = s.cfg.application_uri
         if s.cfg.username:
             client.set_user(s.cfg.username)
-            client.set_password(s.cfg.password.get_secret_value() if s.cfg.password else "")
+            client.set_password(reveal(s.cfg.password) if s.cfg.password else "")
         await client.connect()
         self.connects += 1
         return client

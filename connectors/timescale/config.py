@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, SecretStr
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, SecretStr, field_validator
 
+from flows.logs import reveal
 from flows.registry import SinkModel
 
-__all__ = ["TimescaleSinkConfig"]
+__all__ = ["TimescaleSinkConfig", "mask_dsn", "reveal_dsn"]
 
 
 class TimescaleSinkConfig(SinkModel):
@@ -31,3 +35,37 @@ class TimescaleSinkConfig(SinkModel):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_backoff_s: float = Field(default=10.0, gt=0)
     close_timeout_s: float = Field(default=60.0, ge=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _parsable(cls, v: SecretStr) -> SecretStr:
+        dsn = v.get_secret_value()
+        try:
+            conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as e:
+            # libpq quotes the connection string, password included: never pass it on.
+            why = mask_dsn(str(e).strip().splitlines()[0], dsn)
+            msg = f"not a PostgreSQL connection string (URI or key=value): {why}"
+            raise ValueError(msg) from None
+        return v
+
+
+def reveal_dsn(dsn: SecretStr) -> str:
+    """Return the DSN for the client; its password is redacted from logs from now on."""
+    value = reveal(dsn)
+    password = conninfo_to_dict(value).get("password")
+    if password:
+        reveal(SecretStr(str(password)))
+    return value
+
+
+def mask_dsn(text: str, dsn: str) -> str:
+    """Return libpq's message about ``dsn`` with every part of the DSN masked.
+
+    libpq quotes fragments of the connection string (a password among them) in its parse
+    errors: the quoted fragments, the DSN itself and anything shaped like a password go.
+    """
+    text = text.replace(dsn, "<dsn>")
+    text = re.sub(r'"[^"]*"', '"..."', text)
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", text)

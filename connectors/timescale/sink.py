@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 from typing_extensions import override
 
 from connectors.errors import SinkError
-from connectors.timescale.config import TimescaleSinkConfig
+from connectors.timescale.config import TimescaleSinkConfig, reveal_dsn
 from wire.records import ms_to_datetime
 
 __all__ = ["TABLES", "TimescaleSink", "row_for", "rows_of"]
@@ -200,7 +200,7 @@ class _Partition(
     def _connect(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(
-                self.sink.cfg.dsn.get_secret_value(),
+                reveal_dsn(self.sink.cfg.dsn),
                 connect_timeout=max(1, int(self.sink.cfg.connect_timeout_s)),
                 autocommit=False,
             )

@@ -8,6 +8,7 @@ STATE_DIR="${EDGEFLOW_INFRA_DIR:-/var/tmp/edgeflow-infra}"
 KAFKA_LIBS="${STATE_DIR}/kafka/libs"
 
 KAFKA_PORT="${EDGEFLOW_KAFKA_PORT:-19092}"
+KAFKA_SASL_PORT="${EDGEFLOW_KAFKA_SASL_PORT:-19094}"
 KAFKA_CONTROLLER_PORT="${EDGEFLOW_KAFKA_CONTROLLER_PORT:-19093}"
 PG_PORT="${EDGEFLOW_PG_PORT:-15432}"
 MQTT_PORT="${EDGEFLOW_MQTT_PORT:-11883}"
@@ -16,6 +17,10 @@ INFLUX_PORT="${EDGEFLOW_INFLUX_PORT:-18086}"
 INFLUX_RPC_PORT="${EDGEFLOW_INFLUX_RPC_PORT:-18088}"
 
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+# Password authentication (scram-sha-256) everywhere: a fresh data directory name, so a
+# directory initialised with trust authentication by an older script is never reused.
+PG_DATA="$STATE_DIR/postgres/data-scram"
+SECRETS="$STATE_DIR/secrets.env"
 
 log() { printf '[infra] %s\n' "$*" >&2; }
 
@@ -41,4 +46,28 @@ pidfile_alive() {
   pid="$(cat "$1")"
   kill -0 "$pid" 2>/dev/null || return 1
   [[ -z "${2:-}" ]] || [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]]
+}
+
+# ensure_secrets: random per-installation secrets for the test services (0600). The default
+# accounts keep documented test passwords (edgeflow/edgeflow); the *_SECRET accounts exist so
+# tests can grep every output for a value that appears nowhere else.
+ensure_secrets() {
+  mkdir -p "$STATE_DIR"
+  if [[ ! -s "$SECRETS" ]]; then
+    local r
+    r() { head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20; }
+    umask 077
+    cat >"$SECRETS" <<SEC
+PG_ADMIN_PASSWORD=pgadmin-$(r)
+PG_SECRET_PASSWORD=pgsecret-$(r)
+INFLUX_ADMIN_PASSWORD=influxadmin-$(r)
+INFLUX_SECRET_PASSWORD=influxsecret-$(r)
+KAFKA_SASL_PASSWORD=kafkasasl-$(r)
+MQTT_SECRET_PASSWORD=mqttsecret-$(r)
+SEC
+    umask 022
+  fi
+  chmod 0600 "$SECRETS"
+  # shellcheck disable=SC1090
+  source "$SECRETS"
 }

@@ -5,24 +5,37 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 mkdir -p "$STATE_DIR"
 
 start_postgres() {
-  local data="$STATE_DIR/postgres/data" run="$STATE_DIR/postgres/run"
+  local data="$PG_DATA" run="$STATE_DIR/postgres/run"
   if port_open "$PG_PORT"; then log "postgres already up"; return 0; fi
   mkdir -p "$STATE_DIR/postgres" "$run"
   chown -R postgres:postgres "$STATE_DIR/postgres"
   if [[ ! -f "$data/PG_VERSION" ]]; then
-    log "initdb $data"
-    runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -A trust -U postgres --encoding=UTF8 >/dev/null
+    log "initdb $data (scram-sha-256 for every connection)"
+    local pwfile="$STATE_DIR/postgres/initdb.pw"
+    (umask 077 && printf '%s\n' "$PG_ADMIN_PASSWORD" >"$pwfile")
+    chown postgres "$pwfile"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -U postgres --encoding=UTF8 \
+      --auth-local=scram-sha-256 --auth-host=scram-sha-256 --pwfile="$pwfile" >/dev/null
+    rm -f "$pwfile"
   fi
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$STATE_DIR/postgres/postgres.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $run -c fsync=off -c max_connections=200" start >/dev/null
   wait_port postgres "$PG_PORT" 60
-  local psql=("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA)
-  if [[ "$("${psql[@]}" -c "select 1 from pg_roles where rolname='edgeflow'")" != 1 ]]; then
-    "${psql[@]}" -c "create role edgeflow login superuser password 'edgeflow'"
-  fi
+  local psql=(env "PGPASSWORD=$PG_ADMIN_PASSWORD" "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres
+    -d postgres -v ON_ERROR_STOP=1 -qtA)
+  # The sink's role: a plain login that owns its database, never a superuser.
+  "${psql[@]}" -c "do \$\$ begin
+      if not exists (select from pg_roles where rolname = 'edgeflow') then
+        create role edgeflow login nosuperuser password 'edgeflow';
+      else alter role edgeflow nosuperuser password 'edgeflow'; end if;
+      if not exists (select from pg_roles where rolname = 'edgeflow_secret') then
+        create role edgeflow_secret login nosuperuser password '$PG_SECRET_PASSWORD';
+      else alter role edgeflow_secret nosuperuser password '$PG_SECRET_PASSWORD'; end if;
+    end \$\$"
   if [[ "$("${psql[@]}" -c "select 1 from pg_database where datname='edgeflow'")" != 1 ]]; then
     "${psql[@]}" -c "create database edgeflow owner edgeflow"
   fi
+  "${psql[@]}" -c "grant create, connect on database edgeflow to edgeflow_secret"
 }
 
 start_mqtt() {
@@ -42,6 +55,7 @@ start_mqtt() {
   fi
   : >"$dir/passwd"
   mosquitto_passwd -b "$dir/passwd" edgeflow edgeflow
+  mosquitto_passwd -b "$dir/passwd" edgeflow_secret "$MQTT_SECRET_PASSWORD"
   cat >"$dir/mosquitto.conf" <<CONF
 per_listener_settings true
 persistence false
@@ -56,8 +70,9 @@ cafile $dir/ca.crt
 certfile $dir/server.crt
 keyfile $dir/server.key
 CONF
+  # Private keys and the password file: readable by mosquitto only.
   chown -R mosquitto:mosquitto "$dir" 2>/dev/null || true
-  chmod 0644 "$dir"/*.key "$dir/passwd" 2>/dev/null || true
+  chmod 0600 "$dir"/*.key "$dir/passwd"
   mosquitto -c "$dir/mosquitto.conf" -d
   wait_port mosquitto "$MQTT_PORT" 30
   wait_port mosquitto-tls "$MQTT_TLS_PORT" 30
@@ -80,25 +95,52 @@ bind-address = "127.0.0.1:$INFLUX_RPC_PORT"
   enabled = true
   bind-address = "127.0.0.1:$INFLUX_PORT"
   log-enabled = false
+  auth-enabled = true
 [monitor]
   store-enabled = false
 CONF
   nohup influxd -config "$dir/influxdb.conf" >"$dir/influxd.log" 2>&1 &
   echo $! >"$dir/influxd.pid"
   wait_port influxdb "$INFLUX_PORT" 60
-  # The HTTP port opens before the meta store serves queries: wait until a DDL succeeds.
+  # The HTTP port opens before the meta store serves queries. With authentication on, the
+  # first statement must create the admin; after that, every statement authenticates.
   local i
   for ((i = 0; i < 120; i++)); do
-    if python3 - "$INFLUX_PORT" <<'PY' 2>/dev/null; then log "influxdb is ready"; return 0; fi
-import sys, urllib.parse, urllib.request
+    if python3 - "$INFLUX_PORT" <<'PY' 2>/dev/null; then log "influxdb is ready (authentication on)"; return 0; fi
+import base64, os, sys, urllib.error, urllib.parse, urllib.request
 url = f"http://127.0.0.1:{sys.argv[1]}/query"
-data = urllib.parse.urlencode({"q": "CREATE DATABASE edgeflow"}).encode()
-with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=5) as r:
-    sys.exit(0 if r.status == 200 else 1)
+admin = os.environ["INFLUX_ADMIN_PASSWORD"]
+def q(stmt, auth=True):
+    req = urllib.request.Request(url, data=urllib.parse.urlencode({"q": stmt}).encode())
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"admin:{admin}".encode()).decode())
+    with urllib.request.urlopen(req, timeout=5) as r:
+        body = r.read().decode()
+        if '"error"' in body:
+            raise RuntimeError(body)
+try:
+    q(f"CREATE USER admin WITH PASSWORD '{admin}' WITH ALL PRIVILEGES", auth=False)
+except urllib.error.HTTPError:
+    pass  # users exist: authenticate from now on
+secret = os.environ["INFLUX_SECRET_PASSWORD"]
+for stmt in (
+    "CREATE DATABASE edgeflow",
+    "CREATE USER edgeflow WITH PASSWORD 'edgeflow'",
+    "SET PASSWORD FOR edgeflow = 'edgeflow'",
+    "GRANT ALL ON edgeflow TO edgeflow",
+    f"CREATE USER edgeflow_secret WITH PASSWORD '{secret}'",
+    f"SET PASSWORD FOR edgeflow_secret = '{secret}'",
+    "GRANT ALL ON edgeflow TO edgeflow_secret",
+):
+    try:
+        q(stmt)
+    except RuntimeError as e:
+        if "already exists" not in str(e):
+            raise
 PY
     sleep 0.5
   done
-  log "influxdb never accepted CREATE DATABASE"; return 1
+  log "influxdb never accepted its users"; return 1
 }
 
 start_kafka() {
@@ -106,15 +148,17 @@ start_kafka() {
   if port_open "$KAFKA_PORT"; then log "kafka already up"; return 0; fi
   ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1 || { log "Kafka jars missing: run infra/local/install.sh"; return 1; }
   mkdir -p "$dir"
-  cat >"$dir/server.properties" <<CONF
+  (umask 077 && cat >"$dir/server.properties" <<CONF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_edgeflow="$KAFKA_SASL_PASSWORD";
 log.dirs=$dir/data
 num.partitions=3
 offsets.topic.replication.factor=1
@@ -126,6 +170,7 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.retention.hours=168
 CONF
+  )
   local java_opts=(-Xms256m -Xmx768m -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$INFRA_HERE/kafka/log4j2.properties" "-Dkafka.logs.dir=$dir")
   if [[ ! -f "$dir/data/meta.properties" ]]; then
@@ -138,6 +183,7 @@ CONF
   nohup java "${java_opts[@]}" -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties" >"$dir/kafka.out" 2>&1 &
   echo $! >"$dir/kafka.pid"
   wait_port kafka "$KAFKA_PORT" 90 || { tail -n 40 "$dir/kafka.out" >&2; return 1; }
+  wait_port kafka-sasl "$KAFKA_SASL_PORT" 30 || return 1
   # The listener opens before the broker has joined its KRaft quorum: wait for the log line.
   local i
   for ((i = 0; i < 360; i++)); do
@@ -147,6 +193,8 @@ CONF
   log "kafka did not report 'Kafka Server started'"; tail -n 40 "$dir/server.log" >&2; return 1
 }
 
+ensure_secrets
+export INFLUX_ADMIN_PASSWORD INFLUX_SECRET_PASSWORD
 services=("$@")
 ((${#services[@]})) || services=(postgres mqtt influx kafka)
 for s in "${services[@]}"; do

@@ -20,8 +20,8 @@ services=("$@")
 for s in "${services[@]}"; do
   case "$s" in
     postgres)
-      if [[ -f "$STATE_DIR/postgres/data/postmaster.pid" ]]; then
-        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$STATE_DIR/postgres/data" -m fast -w stop >/dev/null && log "postgres stopped"
+      if [[ -f "$PG_DATA/postmaster.pid" ]]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && log "postgres stopped"
       else
         log "postgres not running"
       fi ;;

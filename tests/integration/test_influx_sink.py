@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,27 +17,19 @@ from tests.integration.test_edge_flow import demo_config, read_jsonl
 pytestmark = pytest.mark.integration
 
 
-def influx(url: str, path: str, **params: str) -> dict:
-    data = urllib.parse.urlencode(params).encode() if path == "/query" else None
-    with urllib.request.urlopen(
-        f"{url}{path}?" + ("" if data else urllib.parse.urlencode(params)), data=data, timeout=10
-    ) as r:
-        body = r.read()
-    return json.loads(body) if body else {}
-
-
 def test_flow_writes_influx_and_dead_letters_type_conflicts(endpoints, tmp_path: Path):
     u = urllib.parse.urlparse(endpoints.influx_url)
     require_port(u.hostname or "127.0.0.1", u.port or 8086, "InfluxDB")
     db = f"t_{uuid.uuid4().hex[:8]}"
-    influx(endpoints.influx_url, "/query", q=f'CREATE DATABASE "{db}"')
+    endpoints.influx("/query", q=f'CREATE DATABASE "{db}"')
+    endpoints.influx("/query", q=f'GRANT ALL ON "{db}" TO edgeflow')
     # Poison the shard: in its time range the KPI field "value" already is an integer.
-    req = urllib.request.Request(
-        f"{endpoints.influx_url}/write?db={db}&precision=ms",
+    endpoints.influx(
+        "/write",
+        db=db,
+        precision="ms",
         data=b"kpis,enterprise=acme,name=power_factor,site=demo-solar value=1i 1780308000000",
-        method="POST",
     )
-    urllib.request.urlopen(req, timeout=10).close()
 
     cfg = demo_config(
         tmp_path, speed=0, start="2026-06-01T10:00:00Z", duration_s=900, ticks_per_batch=30
@@ -49,18 +39,17 @@ def test_flow_writes_influx_and_dead_letters_type_conflicts(endpoints, tmp_path:
             "type": "influxdb",
             "url": endpoints.influx_url,
             "database": db,
+            "username": "edgeflow",
+            "password": "edgeflow",
             "streams": ["aggregates", "kpis", "events"],
         },
         {"type": "file", "dir": str(tmp_path), "streams": ["aggregates", "kpis", "dead_letters"]},
     ]
     run_main(build_flow(parse_site(cfg, base_dir=DEMO_SITE.parent)))
 
-    res = influx(
-        endpoints.influx_url, "/query", db=db, q='SELECT count("count") FROM "aggregates_1m"'
-    )
+    res = endpoints.influx("/query", db=db, q='SELECT count("count") FROM "aggregates_1m"')
     assert res["results"][0]["series"][0]["values"][0][1] == 15 * 29
-    res = influx(
-        endpoints.influx_url,
+    res = endpoints.influx(
         "/query",
         db=db,
         q='SELECT "mean" FROM "aggregates_15m" WHERE "tag" = \'ac_power\' '
@@ -81,4 +70,4 @@ def test_flow_writes_influx_and_dead_letters_type_conflicts(endpoints, tmp_path:
     assert len(dead) == len(kpis) > 0
     assert all("field type conflict" in d["reason"] for d in dead)
     assert all(d["payload"]["line"].startswith("kpis,") for d in dead)
-    influx(endpoints.influx_url, "/query", q=f'DROP DATABASE "{db}"')
+    endpoints.influx("/query", q=f'DROP DATABASE "{db}"')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -119,17 +120,17 @@ def test_influxdb_v1_write_and_query(endpoints):
     require_port(u.hostname or "127.0.0.1", u.port or 8086, "InfluxDB")
     db = f"smoke_{uuid.uuid4().hex[:8]}"
 
-    def post(path: str, data: bytes, **params: str) -> int:
-        url = f"{endpoints.influx_url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:
-            return r.status
-
-    assert post("/query", b"", q=f'CREATE DATABASE "{db}"') == 200
-    assert post("/write", b"power,site=s1 value=1.5 1767225600000000000", db=db) == 204
-    url = f"{endpoints.influx_url}/query?" + urllib.parse.urlencode(
-        {"db": db, "q": "SELECT value FROM power"}
-    )
-    with urllib.request.urlopen(url, timeout=10) as r:
-        body = json.load(r)
+    # Authentication is on: anonymous requests are refused, the admin creates the database.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{endpoints.influx_url}/query?" + urllib.parse.urlencode({"q": "SHOW DATABASES"})
+            ),
+            timeout=10,
+        )
+    assert refused.value.code == 401
+    endpoints.influx("/query", q=f'CREATE DATABASE "{db}"')
+    endpoints.influx("/write", db=db, data=b"power,site=s1 value=1.5 1767225600000000000")
+    body = endpoints.influx("/query", db=db, q="SELECT value FROM power")
     assert body["results"][0]["series"][0]["values"] == [["2026-01-01T00:00:00Z", 1.5]]
-    post("/query", b"", q=f'DROP DATABASE "{db}"')
+    endpoints.influx("/query", q=f'DROP DATABASE "{db}"')

@@ -97,3 +97,134 @@ def test_unknown_unit_conversion_needs_a_factor():
     )
     with pytest.raises(ConfigError, match="bar -> psi"):
         build_flow(parse_site(data))
+
+
+def test_env_values_are_expanded_after_parsing_and_never_reparsed(tmp_path: Path):
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "# ${NOT_SET_ANYWHERE} in a comment is ignored\n"
+        "name: ${SITE_NAME}\n"
+        "site: {enterprise: acme, site: '${SITE_ID:-s1}'}\n"
+        "inputs: [{type: simulator, seed: '${SEED}'}]\n"
+        "sinks:\n"
+        "  - type: mqtt-free-placeholder\n"
+    )
+    site.write_text(
+        site.read_text().replace(
+            "  - type: mqtt-free-placeholder\n",
+            "  - type: timescaledb\n    dsn: \"host=h dbname=db user=u password='${PG_PASSWORD}'\"\n"
+            "    schema: s_${SCHEMA_SUFFIX}\n",
+        )
+    )
+    env = {
+        "SITE_NAME": "yes",  # a YAML boolean if re-parsed
+        "SEED": "0123",  # an octal-looking number if re-parsed
+        "PG_PASSWORD": "pa ss #x",  # a comment if re-parsed
+        "SCHEMA_SUFFIX": "a1",
+    }
+    loaded = load_site(site, env=env)
+    assert loaded.name == "yes"
+    assert loaded.site.site == "s1"
+    assert loaded.inputs[0].seed == 123  # pydantic reads the string "0123" as the int 123
+    assert loaded.sinks[0].dsn.get_secret_value() == "host=h dbname=db user=u password='pa ss #x'"
+    assert loaded.sinks[0].db_schema == "s_a1"
+
+
+def test_an_unset_variable_names_the_file_and_field(tmp_path: Path):
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "name: n\nsite: {enterprise: acme, site: s1}\n"
+        "inputs: [{type: simulator}]\nsinks: [{type: file, dir: '${OUT_DIR_NOT_SET}'}]\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_site(site, env={})
+    assert str(e.value).startswith(f"{site}: sinks.0.dir: uses ${{OUT_DIR_NOT_SET}}")
+
+
+def test_sink_subscriptions_are_checked_against_what_the_site_emits():
+    data = with_(sinks=[{"type": "file", "streams": ["aggregates", "kpis"]}])
+    with pytest.raises(ConfigError) as e:
+        parse_site(data, source="site.yaml")
+    text = str(e.value)
+    assert "sinks.0.streams: file 'file' subscribes to 'aggregates'" in text
+    assert "(emitted by: operator aggregate)" in text
+    assert "subscribes to 'kpis'" in text and "operator inference, operator kpi" in text
+
+
+def test_an_operator_needing_aggregates_must_follow_an_aggregate_operator():
+    data = with_(operators=[{"type": "kpi"}, {"type": "aggregate"}])
+    with pytest.raises(ConfigError, match=r"operators.0: kpi 'kpi' needs the 'aggregates' stream"):
+        parse_site(data)
+
+
+def test_kafka_input_partitions_come_from_the_site_file():
+    data = with_(
+        inputs=[{"type": "kafka", "kafka": {"bootstrap_servers": "h:1"}, "partitions": [0, 2]}]
+    )
+    assert parse_site(data).inputs[0].partitions == (0, 2)
+
+
+def test_secrets_never_show_in_reprs_or_dumps():
+    data = with_(
+        inputs=[
+            {"type": "mqtt", "host": "h", "topics": [{"template": "a/{tag}"}], "password": "pw1"},
+            {"type": "kafka", "kafka": {"bootstrap_servers": "h:1", "sasl_password": "pw2"}},
+            {
+                "type": "opcua",
+                "url": "opc.tcp://h:1",
+                "nodes": [],
+                "browse": ["i=85"],
+                "username": "u",
+                "password": "pw3",
+            },
+        ],
+        sinks=[
+            {"type": "timescaledb", "dsn": "postgresql://u:pw4@h/db"},
+            {"type": "influxdb", "url": "http://h:1", "username": "u", "password": "pw5"},
+            {
+                "type": "influxdb",
+                "id": "v2",
+                "url": "http://h:1",
+                "api": "v2",
+                "org": "o",
+                "bucket": "b",
+                "token": "pw6",
+            },
+        ],
+    )
+    site = parse_site(data)
+    text = repr(site) + str(site) + site.model_dump_json()
+    for secret in ("pw1", "pw2", "pw3", "pw4", "pw5", "pw6"):
+        assert secret not in text
+
+
+def test_secrets_in_librdkafka_config_are_refused():
+    data = with_(
+        inputs=[
+            {
+                "type": "kafka",
+                "kafka": {"bootstrap_servers": "h:1", "config": {"sasl.password": "x"}},
+            }
+        ]
+    )
+    with pytest.raises(ConfigError, match=r"put sasl\.password in sasl_password"):
+        parse_site(data)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:pa ss@h/db",
+        "postgresql://u:s3cret@[::1",
+        "host=h password=s3cret bad",
+        "postgresql://u:s3cret@h/db?bogus=1",
+    ],
+)
+def test_an_unparseable_dsn_is_reported_without_its_password(dsn):
+    data = with_(sinks=[{"type": "timescaledb", "dsn": dsn}])
+    with pytest.raises(ConfigError) as e:
+        parse_site(data)
+    assert "sinks.0.timescaledb.dsn: Value error, not a PostgreSQL connection string" in str(
+        e.value
+    )
+    assert "s3cret" not in str(e.value) and "pa ss" not in str(e.value)
