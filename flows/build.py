@@ -29,7 +29,7 @@ from flows.errors import ConfigError
 from flows.registry import Kind, component, load_components
 from flows.streams import rows_of
 from wire.errors import EdgeflowError
-from wire.records import DeadLetter, Event, PointBatch
+from wire.records import DeadLetter, Event, PointBatch, TextPoints
 
 __all__ = ["Build", "UnroutedSink", "build_flow", "key_by_shard", "shard_batches"]
 
@@ -126,16 +126,16 @@ def _rows_pairs(tagged: tuple[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(name, row) for row in rows_of(name, item)]
 
 
-def _identity(items: list[Any]) -> list[Any]:
-    return items
-
-
 def _is_batch(item: object) -> bool:
     return isinstance(item, PointBatch)
 
 
 def _is_dead_letter(item: object) -> bool:
     return isinstance(item, DeadLetter)
+
+
+def _is_text(item: object) -> bool:
+    return isinstance(item, TextPoints)
 
 
 @dataclass
@@ -151,19 +151,16 @@ class Build:
     _merged: dict[tuple[str, int], Stream[Any]] = field(default_factory=dict)
 
     # -- inputs --------------------------------------------------------------------------
-    def input(self, step_id: str, source: Source[Any], *, lists: bool = False) -> None:
-        """Add a source whose items are point batches, dead letters and events.
-
-        ``lists``: the source emits lists of such items (e.g. one list per poll).
-        """
+    def input(self, step_id: str, source: Source[Any]) -> None:
+        """Add a source whose items are point batches, dead letters, events and text points."""
         items = op.input(step_id, self.flow, source)
-        if lists:
-            items = op.flat_map(f"{step_id}_items", items, _identity)
         split = op.branch(f"{step_id}_split", items, _is_batch)
         self.add("raw", cast(Stream[PointBatch], split.trues))
         rest = op.branch(f"{step_id}_rest", split.falses, _is_dead_letter)
         self.add("dead_letters", cast(Stream[DeadLetter], rest.trues))
-        self.add("events", cast(Stream[Event], rest.falses))
+        others = op.branch(f"{step_id}_texts", rest.falses, _is_text)
+        self.add("texts", cast(Stream[TextPoints], others.trues))
+        self.add("events", cast(Stream[Event], others.falses))
 
     # -- streams -------------------------------------------------------------------------
     @property

@@ -19,6 +19,8 @@ __all__ = ["OWN_LOGGERS", "JsonFormatter", "TextFormatter", "configure", "redact
 
 # The project's top-level packages: their loggers follow EDGEFLOW_LOG_LEVEL.
 OWN_LOGGERS = ("edgeflow", "flows", "connectors", "operators", "simulators", "wire", "models")
+# Libraries that log every failed attempt of what edgeflow reports once per state change.
+QUIET = {"pymodbus": logging.CRITICAL, "asyncua": logging.CRITICAL}
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
@@ -80,3 +82,5 @@ def configure(*, level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(logging.WARNING)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    for name, quiet in QUIET.items():
+        logging.getLogger(name).setLevel(quiet)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.registry import register_stream, stream_kind
-from wire.records import DeadLetter, Event, Kpi, PointBatch, WindowAggregates
+from wire.records import DeadLetter, Event, Kpi, PointBatch, TextPoints, WindowAggregates
 
 __all__ = ["rows_of"]
 
@@ -28,6 +28,7 @@ def _window_rows(w: WindowAggregates) -> list[dict[str, Any]]:
 
 register_stream("raw", PointBatch, _point_rows, "what the inputs produced, before any operator")
 register_stream("points", PointBatch, _point_rows, "points after the point-transforming operators")
+register_stream("texts", TextPoints, TextPoints.rows, "text-valued samples (modes, states)")
 register_stream("aggregates", WindowAggregates, _window_rows, "closed-window statistics per tag")
 register_stream("kpis", Kpi, _one, "KPI values per window")
 register_stream("events", Event, _one, "anomalies, alarms, stale tags, source state changes")

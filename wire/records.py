@@ -38,6 +38,7 @@ __all__ = [
     "Quality",
     "TagRef",
     "TagTable",
+    "TextPoints",
     "Value",
     "WindowAggregates",
     "coerce_points",
@@ -514,6 +515,20 @@ class DeadLetter:
             "source": self.source,
             "payload": payload,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TextPoints:
+    """Text-valued samples (modes, states, recipe names): they cannot ride in a numeric batch."""
+
+    points: tuple[Point, ...]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return one JSON-friendly dict per point."""
+        return [p.to_dict() for p in self.points]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.registry import InputModel
 from wire.modbus import RegisterSpec
@@ -26,7 +26,12 @@ class ModbusDeviceConfig(BaseModel):
 
 
 class ModbusInput(InputModel):
-    """Modbus TCP (or RTU framing over TCP) polling of one or more devices behind one address."""
+    """Modbus TCP (or RTU framing over TCP) polling of devices behind one address.
+
+    Each device is polled by a thread and connection of its own. ``overflow`` names what
+    happens when ``queue_size`` polls wait for the flow: ``drop_oldest`` (default: stale
+    readings make way for fresh ones), ``drop_newest`` or ``block`` (the device waits).
+    """
 
     type: Literal["modbus"]
     id: str = "modbus"
@@ -36,4 +41,21 @@ class ModbusInput(InputModel):
     timeout_s: float = Field(default=2.0, gt=0)
     max_gap: int = Field(default=8, ge=0, description="coalesce registers this close")
     max_polls: int | None = Field(default=None, gt=0, description="stop after N polls (tests)")
+    reconnect_max_s: float = Field(
+        default=2.0, gt=0, description="longest wait between reconnect attempts"
+    )
+    retry_refused_s: float = Field(
+        default=30.0, gt=0, description="how often a register the device refused is tried again"
+    )
+    queue_size: int = Field(default=1000, gt=0, description="polls waiting for the flow")
+    overflow: Literal["block", "drop_oldest", "drop_newest"] = "drop_oldest"
     devices: tuple[ModbusDeviceConfig, ...] = Field(min_length=1)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique(cls, v: tuple[ModbusDeviceConfig, ...]) -> tuple[ModbusDeviceConfig, ...]:
+        ids = [d.device_id for d in v]
+        if len(set(ids)) != len(ids):
+            msg = f"device ids must be unique on one address, got {ids}"
+            raise ValueError(msg)
+        return v

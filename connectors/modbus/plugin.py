@@ -1,12 +1,11 @@
-"""Registers the Modbus input: one polling source per device."""
+"""Registers the Modbus input: one partition (and I/O thread) per device."""
 
 from __future__ import annotations
 
 from connectors.modbus.config import ModbusInput
-from connectors.modbus.source import ModbusDeviceSource
+from connectors.modbus.source import ModbusSource
 from flows.build import Build
 from flows.registry import register
-from wire.records import Isa95
 
 __all__ = ["build"]
 
@@ -20,22 +19,4 @@ __all__ = ["build"]
 )
 def build(cfg: ModbusInput, b: Build) -> None:
     """Poll each device on its own interval."""
-    ent, st = b.site.site.enterprise, b.site.site.site
-    for dev in cfg.devices:
-        b.input(
-            f"{cfg.id}_{dev.device_id}",
-            ModbusDeviceSource(
-                cfg.host,
-                cfg.port,
-                dev.device_id,
-                Isa95(ent, st, dev.area, dev.line, dev.machine),
-                dev.registers,
-                interval_ms=dev.interval_ms,
-                framer=cfg.framer,
-                timeout_s=cfg.timeout_s,
-                max_gap=cfg.max_gap,
-                max_polls=cfg.max_polls,
-                source=f"{cfg.id}:{dev.device_id}",
-            ),
-            lists=True,
-        )
+    b.input(cfg.id, ModbusSource(cfg, b.site.site.enterprise, b.site.site.site))

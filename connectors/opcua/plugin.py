@@ -12,7 +12,11 @@ __all__ = ["build"]
 
 
 @register(
-    "input", "opcua", OpcUaInput, emits=("raw", "dead_letters", "events"), sample="sample.yaml"
+    "input",
+    "opcua",
+    OpcUaInput,
+    emits=("raw", "texts", "dead_letters", "events"),
+    sample="sample.yaml",
 )
 def build(cfg: OpcUaInput, b: Build) -> None:
     """Subscribe to (or poll) the configured and browsed variables."""

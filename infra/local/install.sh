@@ -11,6 +11,8 @@ command -v java >/dev/null || need_apt+=(default-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v openssl >/dev/null || need_apt+=(openssl)     # mosquitto's TLS listener certs
 command -v runuser >/dev/null || need_apt+=(util-linux)  # PostgreSQL runs as its own user
+command -v node >/dev/null || need_apt+=(nodejs)         # independent protocol servers (tests)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -27,5 +29,14 @@ if ! ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1; then
     -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
 else
   log "Kafka jars already in $KAFKA_LIBS"
+fi
+# Independent protocol servers for the interoperability tests (node-opcua, modbus-serial),
+# pinned by tests/interop/package-lock.json. Install scripts are not needed (TCP only).
+interop="$INFRA_HERE/../../tests/interop"
+if [[ ! -f "$interop/node_modules/.package-lock.json" || "$interop/package-lock.json" -nt "$interop/node_modules/.package-lock.json" ]]; then
+  log "installing the interop servers' npm packages"
+  npm ci --prefix "$interop" --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
+else
+  log "interop npm packages already installed"
 fi
 log "install done"

@@ -37,6 +37,7 @@ def drain(part, seconds: float) -> list:
             got += part.next_batch()
         except StopIteration:
             break
+        time.sleep(0.02)
     return got
 
 
