@@ -177,7 +177,7 @@ class _Partition(ThreadedPartition[None]):
         self.nodes: list[NodeMap] = []
         self._index: dict[Any, int] = {}
         self._first: set[int] = set()
-        self._last_src: dict[int, int] = {}
+        self._last_src: dict[int, int | None] = {}
         self._session_ms = 0
         self.start()
 
