@@ -30,7 +30,7 @@ from bytewax.inputs import StatefulSourcePartition
 from typing_extensions import override
 
 from flows.lifecycle import stop_event, stop_requested
-from wire.records import DeadLetter, Event, PointBatch, now_ms
+from wire.records import DeadLetter, Event, PointBatch, TextPoints, now_ms
 
 __all__ = [
     "Backoff",
@@ -45,7 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Overflow = Literal["block", "drop_oldest", "drop_newest"]
-SourceItem = PointBatch | DeadLetter | Event
+SourceItem = PointBatch | DeadLetter | Event | TextPoints
 T = TypeVar("T")
 S = TypeVar("S")
 
@@ -241,6 +241,9 @@ class Episodes:
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._open
 
     def seen(self, key: Hashable, reason: str, payload: Any) -> DeadLetter | None:
         """Count one occurrence; return the dead letter that opens the episode, if new."""

@@ -9,13 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 from flows.registry import register_stream, stream_kind
-from wire.records import DeadLetter, Event, Kpi, PointBatch, TextPoints, WindowAggregates
+from wire.records import (
+    POINT_FLAGS,
+    DeadLetter,
+    Event,
+    Kpi,
+    PointBatch,
+    TextPoints,
+    WindowAggregates,
+)
 
 __all__ = ["rows_of"]
 
 
 def _point_rows(batch: PointBatch) -> list[dict[str, Any]]:
-    return [p.to_dict() for p in batch.to_points()]
+    rows = [p.to_dict() for p in batch.to_points()]
+    for flag in POINT_FLAGS:  # only set flags appear: rows stay as they were otherwise
+        marks = batch.extra.get(flag)
+        if marks is not None:
+            for row, on in zip(rows, marks.tolist(), strict=True):
+                if on:
+                    row[flag] = True
+    return rows
 
 
 def _one(item: Any) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ These are how operators keep per-tag state in arrays; no other package uses them
 
 from __future__ import annotations
 
-import fnmatch
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from wire.records import TagRef
+from wire.records import TagRef, tag_matches
 
 __all__ = [
     "PickleCopy",
@@ -26,12 +25,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-def tag_matches(pattern: str, ref: TagRef) -> bool:
-    """Match a glob against the full path, or against the tag name alone if no '/' in it."""
-    target = ref.path if "/" in pattern else ref.tag
-    return fnmatch.fnmatchcase(target, pattern)
 
 
 class TagRegistry:

@@ -28,6 +28,7 @@ from wire.errors import RecordError
 
 __all__ = [
     "ISA95_LEVELS",
+    "POINT_FLAGS",
     "POWER_UNITS",
     "DeadLetter",
     "Event",
@@ -42,6 +43,7 @@ __all__ = [
     "Value",
     "WindowAggregates",
     "coerce_points",
+    "tag_matches",
     "ms_to_datetime",
     "ms_to_iso",
     "now_ms",
@@ -384,6 +386,15 @@ class PointBatch:
             )
         ]
 
+    def live(self) -> npt.NDArray[np.bool_] | None:
+        """Mask of points that are live values (not historical backfill), or None if all are.
+
+        Live rules (alarms, anomaly windows) judge the present: a historical value
+        (Sparkplug ``is_historical``) is stored and aggregated but never raises an alarm.
+        """
+        historical: npt.NDArray[np.bool_] | None = self.extra.get("historical")
+        return None if historical is None else ~historical
+
     def received_at(self) -> npt.NDArray[np.int64] | int:
         """Return the receive time of each point (an array) or of all points (an int)."""
         per_point: npt.NDArray[np.int64] | None = self.extra.get("received_ms")
@@ -449,13 +460,7 @@ class PointBatch:
             return PointBatch.empty()
         if len(batches) == 1:
             return batches[0]
-        extra: dict[str, Any] = {}
-        if any("received_ms" in b.extra for b in batches) or any(
-            b.received_ms != batches[0].received_ms for b in batches
-        ):
-            extra["received_ms"] = np.concatenate(
-                [np.broadcast_to(np.asarray(b.received_at(), np.int64), len(b)) for b in batches]
-            )
+        extra = _concat_extras(batches)
         if all(b.tags is batches[0].tags for b in batches):
             # Same table (one source): keep its identity so operators' table caches hit.
             return PointBatch(
@@ -485,6 +490,27 @@ class PointBatch:
             received_ms=max(b.received_ms for b in batches),
             extra=extra,
         )
+
+
+# Per-point extras that every batch implicitly has: what a batch without the column means.
+POINT_FLAGS = ("historical", "transient")
+
+
+def _concat_extras(batches: Sequence[PointBatch]) -> dict[str, Any]:
+    """Concatenate per-point extras; a batch without one gets its implicit value."""
+    extra: dict[str, Any] = {}
+    if any("received_ms" in b.extra for b in batches) or any(
+        b.received_ms != batches[0].received_ms for b in batches
+    ):
+        extra["received_ms"] = np.concatenate(
+            [np.broadcast_to(np.asarray(b.received_at(), np.int64), len(b)) for b in batches]
+        )
+    for flag in POINT_FLAGS:
+        if any(flag in b.extra for b in batches):
+            extra[flag] = np.concatenate(
+                [b.extra.get(flag, np.zeros(len(b), np.bool_)) for b in batches]
+            )
+    return extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,10 +721,23 @@ class TagTable:
         return i
 
     def batch(
-        self, samples: list[tuple[str, str, int, float, int]], *, source: str, received_ms: int
+        self,
+        samples: Sequence[tuple[Any, ...]],
+        *,
+        source: str,
+        received_ms: int,
+        flags: dict[str, list[bool]] | None = None,
     ) -> PointBatch:
-        """Columnarise samples against this table."""
-        idx = [self.index(TagRef(p, u)) for p, u, _, _, _ in samples]
+        """Columnarise ``(path, unit, ts_ms, value, quality, ...)`` samples against this table.
+
+        ``flags`` (e.g. ``historical``) become per-point boolean extras when any is set.
+        """
+        idx = [self.index(TagRef(s[0], s[1])) for s in samples]
+        extra = {
+            name: np.asarray(values, np.bool_)
+            for name, values in (flags or {}).items()
+            if any(values)
+        }
         return PointBatch(
             self.tags,
             np.asarray(idx, np.int32),
@@ -707,10 +746,12 @@ class TagTable:
             np.asarray([s[4] for s in samples], np.uint8),
             source=source,
             received_ms=received_ms,
+            extra=extra,
         )
 
 
-def _glob(pattern: str, ref: TagRef) -> bool:
+def tag_matches(pattern: str, ref: TagRef) -> bool:
+    """Match a glob against the full path, or against the tag name alone if no '/' in it."""
     target = ref.path if "/" in pattern else ref.tag
     return fnmatch.fnmatchcase(target, pattern)
 
@@ -731,7 +772,7 @@ def coerce_points(
         if not isinstance(p.value, str):
             numeric.append(p)
             continue
-        if text_tags is not None and _glob(text_tags, p.ref):
+        if text_tags is not None and tag_matches(text_tags, p.ref):
             text.append(p)
             continue
         try:

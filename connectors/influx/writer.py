@@ -224,6 +224,8 @@ class InfluxWriter:
         dead: list[DeadLetter] = []
         lines: list[str] = []
         for stream, row in items:
+            if row.get("transient"):
+                continue  # Sparkplug is_transient: of interest live, never historised
             try:
                 lines.append(line_for(stream, row))
             except (ValueError, KeyError) as e:

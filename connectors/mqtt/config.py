@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.errors import SourceConfigError
 from flows.registry import InputModel
@@ -84,7 +85,24 @@ class MqttInput(InputModel):
     batch_size: int = Field(default=10_000, gt=0)
     rebirth_min_interval_ms: int = Field(default=10_000, ge=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    text_tags: str | None = Field(
+        default=None, description="glob of tags whose string values are text points"
+    )
+    reconnect_max_s: float = Field(default=2.0, gt=0, description="longest reconnect backoff")
+    sparkplug_host_id: str | None = Field(
+        default=None,
+        pattern=r"^[^/+#\s]+$",
+        description="act as Sparkplug primary host: publish spBv1.0/STATE/<id>",
+    )
     max_messages: int | None = Field(default=None, gt=0, description="stop after N (tests)")
+
+    @field_validator("tls_ca")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            msg = f"CA certificate file {v} does not exist or is not a file"
+            raise ValueError(msg)
+        return v
 
     @model_validator(mode="after")
     def _something(self) -> MqttInput:

@@ -10,7 +10,13 @@ from flows.registry import register
 __all__ = ["build"]
 
 
-@register("input", "mqtt", MqttInput, emits=("raw", "dead_letters", "events"), sample="sample.yaml")
+@register(
+    "input",
+    "mqtt",
+    MqttInput,
+    emits=("raw", "texts", "dead_letters", "events"),
+    sample="sample.yaml",
+)
 def build(cfg: MqttInput, b: Build) -> None:
     """Subscribe to the configured topics and Sparkplug groups."""
     b.input(cfg.id, MqttSource(cfg, b.site.site.enterprise, b.site.site.site))

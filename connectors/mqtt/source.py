@@ -1,30 +1,31 @@
-"""MQTT source (paho-mqtt 2.x): topic templates, JSON or bare-number payloads, Sparkplug B.
+"""MQTT input (paho-mqtt 2.x): topic templates, JSON or bare-number payloads, Sparkplug B.
+
+Messages are decoded in paho's network thread, never on the Bytewax worker, and handed over
+through a bounded :class:`Channel`; ``next_batch`` only drains it. Every message becomes
+points, text points, events or dead letters with the reason: no payload can raise out of the
+decoder (see :mod:`connectors.mqtt.payloads` and :mod:`connectors.mqtt.sparkplug`).
 
 Plain topics: a template such as ``plant/{area}/{line}/{machine}/{tag}`` is subscribed as
 ``plant/+/+/+/+`` and each topic level fills an ISA-95 field (``enterprise`` and ``site``
-default to the site config). Payloads are JSON (``{"value": .., "quality": "GOOD",
-"timestamp": "2026-...Z" | "ts_ms": ..}`` or a bare JSON number) or a bare ASCII number.
+default to the site's). A string value is a text point when the tag matches ``text_tags``;
+otherwise a numeric string is coerced and any other string is a dead letter.
 
-Sparkplug B (``spBv1.0/{group}/{type}/{edge_node}[/{device}]``): NBIRTH/DBIRTH define alias
-tables; NDATA/DDATA resolve aliases; NDEATH/DDEATH mark the node's or device's metrics stale
-(``stale`` events). Per-edge-node ``seq`` is tracked; a gap or an unknown alias requests a
-rebirth (an NCMD ``Node Control/Rebirth``), at most once per ``rebirth_min_interval_ms``.
-Metric paths: ``{enterprise}/{site}/{group}/{edge_node}/{device or "node"}/{metric}`` with
-``/`` in metric names replaced by ``.``.
+The connection is started asynchronously: a broker that is down at start is a warning and a
+``source_down`` event, and paho reconnects (first attempt at once, then at most every
+``reconnect_max_s``). With ``sparkplug_host_id`` the input is a Sparkplug primary host: it
+publishes ``spBv1.0/STATE/{host_id}`` (retained, QoS 1) online on connect and offline as its
+Last Will.
 
-Callbacks put messages on a bounded queue; ``overflow`` names what happens when it is full:
-``block`` (default: the network thread waits; QoS 1 messages are acknowledged only once taken
-into a batch, so the broker redelivers what a crash loses), ``drop_oldest`` or
-``drop_newest`` (each drop becomes a dead letter). Malformed payloads, unknown topics and
-unknown aliases become dead letters with the raw bytes.
+``overflow`` names what happens when ``queue_size`` messages wait: ``block`` (default: paho
+stops reading, the broker keeps QoS 1 messages), ``drop_oldest`` or ``drop_newest`` (drops are
+one dead letter per episode, with their count). QoS 1 messages are acknowledged when the
+flow takes them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import queue
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -34,324 +35,245 @@ import paho.mqtt.client as mqtt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
+from connectors._io import Channel, Episodes, Link, SourceItem
 from connectors.errors import SourceError
 from connectors.mqtt.config import FIELDS, MqttInput
+from connectors.mqtt.payloads import PayloadError, parse_plain
+from connectors.mqtt.sparkplug import Sample, SparkplugState, rebirth_payload
 from flows.lifecycle import stop_requested
 from flows.logs import reveal
-from wire.errors import RecordError
-from wire.records import DeadLetter, Event, PointBatch, Quality, TagTable, now_ms, to_ms
-from wire.sparkplug.codec import SparkplugError, decode, encode
+from wire.records import (
+    DeadLetter,
+    Isa95,
+    Point,
+    Quality,
+    TagRef,
+    TagTable,
+    TextPoints,
+    now_ms,
+    tag_matches,
+)
 
 __all__ = ["MqttSource", "SparkplugState", "parse_plain"]
 
 log = logging.getLogger(__name__)
-SourceItem = PointBatch | DeadLetter | Event
-Point = tuple[str, str, int, float, int]  # path, unit, ts_ms, value, quality
-
-
-def parse_plain(payload: bytes, kind: str, received_ms: int) -> tuple[float, int, int]:
-    """Decode a plain payload to ``(value, quality, ts_ms)``; raises ValueError."""
-    text = payload.decode("utf-8").strip()
-    if kind == "number":
-        value = float(text)
-        quality, ts = int(Quality.GOOD), received_ms
-    else:
-        doc = json.loads(text)
-        if isinstance(doc, int | float) and not isinstance(doc, bool):
-            value, quality, ts = float(doc), int(Quality.GOOD), received_ms
-        elif isinstance(doc, dict) and "value" in doc:
-            raw = doc["value"]
-            if isinstance(raw, bool):
-                raw = float(raw)
-            if not isinstance(raw, int | float):
-                msg = f"value {raw!r} is not a number"
-                raise ValueError(msg)
-            value = float(raw)
-            quality = int(Quality.parse(doc.get("quality", "GOOD")))
-            if "ts_ms" in doc:
-                ts = int(doc["ts_ms"])
-            elif "timestamp" in doc:
-                ts = to_ms(doc["timestamp"])
-            else:
-                ts = received_ms
-        else:
-            msg = "JSON payload must be a number or an object with a 'value'"
-            raise ValueError(msg)
-    if not math.isfinite(value):
-        msg = f"value {value} is not finite"
-        raise ValueError(msg)
-    return value, quality, ts
 
 
 @dataclass
-class _Node:
-    aliases: dict[int, tuple[str, str | None]] = field(
-        default_factory=dict
-    )  # alias -> (name, device)
-    metrics: dict[str | None, set[str]] = field(default_factory=dict)  # device -> names
-    seq: int | None = None
-    last_rebirth_ms: int = -(10**12)
-    online: bool = False
+class _Decoded:
+    """One message, decoded in the network thread, waiting for the flow."""
 
-
-class SparkplugState:
-    """Sparkplug B host-application state machine (pure: no I/O)."""
-
-    def __init__(self, *, enterprise: str, site: str, rebirth_min_interval_ms: int = 10_000):
-        self.enterprise = enterprise
-        self.site = site
-        self.rebirth_min_interval_ms = rebirth_min_interval_ms
-        self.nodes: dict[tuple[str, str], _Node] = {}
-        self.rebirths_requested = 0
-
-    def path(self, group: str, node: str, device: str | None, metric: str) -> str:
-        """ISA-95 path of a metric."""
-        return "/".join(
-            (self.enterprise, self.site, group, node, device or "node", metric.replace("/", "."))
-        )
-
-    def _rebirth(
-        self, group: str, node_id: str, node: _Node, now: int, why: str, out: list[str]
-    ) -> None:
-        if now - node.last_rebirth_ms >= self.rebirth_min_interval_ms:
-            node.last_rebirth_ms = now
-            self.rebirths_requested += 1
-            log.info("sparkplug: rebirth request to %s/%s (%s)", group, node_id, why)
-            out.append(f"spBv1.0/{group}/NCMD/{node_id}")
-
-    def handle(
-        self, topic: str, payload: bytes, now: int
-    ) -> tuple[list[Point], list[DeadLetter], list[Event], list[str]]:
-        """Process one message: ``(points, dead letters, events, rebirth topics)``."""
-        points: list[Point] = []
-        dead: list[DeadLetter] = []
-        events: list[Event] = []
-        rebirth: list[str] = []
-        parts = topic.split("/")
-        if len(parts) not in (4, 5) or parts[0] != "spBv1.0":
-            dead.append(DeadLetter("mqtt", f"not a Sparkplug B topic: {topic}", payload))
-            return points, dead, events, rebirth
-        group, mtype, node_id = parts[1], parts[2], parts[3]
-        device = parts[4] if len(parts) == 5 else None
-        if mtype in ("NCMD", "DCMD", "STATE"):
-            return points, dead, events, rebirth
-        node = self.nodes.setdefault((group, node_id), _Node())
-        if mtype == "NDEATH":
-            node.online = False
-            for dev, names in node.metrics.items():
-                events.extend(self._stale(group, node_id, dev, names, now, "NDEATH"))
-            return points, dead, events, rebirth
-        try:
-            p = decode(payload)
-        except SparkplugError as e:
-            dead.append(DeadLetter("mqtt", f"{topic}: {e}", payload))
-            return points, dead, events, rebirth
-        if mtype == "DDEATH":
-            events.extend(
-                self._stale(group, node_id, device, node.metrics.get(device, set()), now, "DDEATH")
-            )
-            return points, dead, events, rebirth
-        # Sequence: NBIRTH restarts it; every other message must be previous + 1 (mod 256).
-        if mtype == "NBIRTH":
-            node.aliases = {a: v for a, v in node.aliases.items() if v[1] is not None}
-            node.online = True
-        elif p.seq is not None and node.seq is not None and p.seq != (node.seq + 1) % 256:
-            why = f"seq gap: expected {(node.seq + 1) % 256}, got {p.seq}"
-            self._rebirth(group, node_id, node, now, why, rebirth)
-        elif node.seq is None and mtype != "NBIRTH":
-            self._rebirth(group, node_id, node, now, "data before birth", rebirth)
-        if p.seq is not None:
-            node.seq = p.seq
-        ts_default = p.timestamp or now
-        for m in p.metrics:
-            name = m.name
-            if mtype in ("NBIRTH", "DBIRTH"):
-                if name is None:
-                    dead.append(
-                        DeadLetter("mqtt", f"{topic}: birth metric without a name", payload)
-                    )
-                    continue
-                if m.alias is not None:
-                    node.aliases[m.alias] = (name, device)
-                node.metrics.setdefault(device, set()).add(name)
-            elif name is None:
-                known = node.aliases.get(m.alias) if m.alias is not None else None
-                if known is None:
-                    dead.append(
-                        DeadLetter(
-                            "mqtt", f"{topic}: unknown alias {m.alias} (rebirth requested)", payload
-                        )
-                    )
-                    self._rebirth(group, node_id, node, now, f"unknown alias {m.alias}", rebirth)
-                    continue
-                name = known[0]
-            if m.is_null or m.value is None:
-                continue
-            if isinstance(m.value, str | bytes):
-                continue  # text metrics are not part of numeric batches
-            points.append(
-                (
-                    self.path(group, node_id, device, name),
-                    "",
-                    int(m.timestamp or ts_default),
-                    float(m.value),
-                    int(Quality.GOOD),
-                )
-            )
-        return points, dead, events, rebirth
-
-    def _stale(
-        self, group: str, node_id: str, device: str | None, names: set[str], now: int, why: str
-    ) -> list[Event]:
-        return [
-            Event(
-                kind="stale",
-                rule=f"sparkplug.{why.lower()}",
-                path=self.path(group, node_id, device, n),
-                ts_ms=now,
-                severity="warning",
-                state="raised",
-                message=f"{why}: metric is stale until the next birth",
-            )
-            for n in sorted(names)
-        ]
-
-
-def rebirth_payload() -> bytes:
-    """NCMD payload asking an edge node to publish its births again."""
-    return encode([("Node Control/Rebirth", None, "Boolean", True)], seq=None, timestamp=now_ms())
+    mid: int
+    qos: int
+    received_ms: int
+    samples: list[Sample] = field(default_factory=list)
+    others: list[SourceItem] = field(default_factory=list)
 
 
 class _Partition(StatefulSourcePartition[SourceItem, None]):
     def __init__(self, src: MqttSource) -> None:
-        self.src = src
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=src.cfg.queue_size)
-        self.dropped = 0
-        self.lock = threading.Lock()
+        cfg = src.cfg
+        self.src, self.cfg = src, cfg
+        self.channel: Channel[_Decoded] = Channel(
+            cfg.queue_size, cfg.overflow, on_drop=self._ack_dropped
+        )
+        self.episodes = Episodes("mqtt", f"{cfg.id}:{cfg.host}:{cfg.port}")
+        self.link = Link(
+            cfg.id,
+            f"mqtt://{cfg.host}:{cfg.port}",
+            f"{src.enterprise}/{src.site}/{cfg.id}",
+            self._event,
+        )
+        self._events: list[SourceItem] = []
+        self._lock = threading.Lock()
         self.sparkplug = SparkplugState(
             enterprise=src.enterprise,
             site=src.site,
-            rebirth_min_interval_ms=src.cfg.rebirth_min_interval_ms,
+            rebirth_min_interval_ms=cfg.rebirth_min_interval_ms,
         )
         self.table = TagTable()
-        self.connected = threading.Event()
+        self.taken = 0
+        self._closing = False
+        self._sub_mid = -1
+        self.client = self._client()
+
+    # -- network thread ------------------------------------------------------------------
+    def _client(self) -> mqtt.Client:
+        cfg = self.cfg
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
-            client_id=src.cfg.client_id,
+            client_id=cfg.client_id,
             clean_session=False,
             manual_ack=True,
         )
-        if src.cfg.username:
-            c.username_pw_set(
-                src.cfg.username,
-                reveal(src.cfg.password) if src.cfg.password else None,
+        if cfg.username:
+            c.username_pw_set(cfg.username, reveal(cfg.password) if cfg.password else None)
+        if cfg.tls_ca:
+            try:
+                c.tls_set(ca_certs=cfg.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError) as e:
+                msg = f"input {cfg.id}: tls_ca {cfg.tls_ca}: {getattr(e, 'strerror', None) or e}"
+                raise SourceError(msg) from None
+        if cfg.sparkplug_host_id:
+            born = now_ms()
+            c.will_set(
+                f"spBv1.0/STATE/{cfg.sparkplug_host_id}",
+                json.dumps({"online": False, "timestamp": born}),
+                qos=1,
+                retain=True,
             )
-        if src.cfg.tls_ca:
-            c.tls_set(ca_certs=src.cfg.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+            self._born_ms = born
         c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
-        c.reconnect_delay_set(1, 30)
-        self.client = c
-        try:
-            c.connect(src.cfg.host, src.cfg.port, keepalive=30)
-        except OSError as e:
-            msg = f"MQTT broker at {src.cfg.host}:{src.cfg.port} is unreachable: {e}"
-            raise SourceError(msg) from e
+        c.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
+        c.connect_async(cfg.host, cfg.port, keepalive=30)
         c.loop_start()
-        if not self.connected.wait(src.cfg.connect_timeout_s):
-            c.loop_stop()
-            msg = f"MQTT broker at {src.cfg.host}:{src.cfg.port} did not accept the connection"
-            raise SourceError(msg)
+        return c
+
+    def _event(self, item: SourceItem) -> None:
+        with self._lock:
+            self._events.append(item)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
-            log.error("mqtt: connection refused: %s", rc)
+            self.link.down(f"connection refused: {rc}")
             return
-        subs = [(t.subscription, self.src.cfg.qos) for t in self.src.cfg.topics]
-        if self.src.cfg.sparkplug_groups:
-            subs += [(f"spBv1.0/{g}/#", self.src.cfg.qos) for g in self.src.cfg.sparkplug_groups]
-        client.subscribe(subs)
-        self.connected.set()
+        cfg = self.cfg
+        subs = [(t.subscription, cfg.qos) for t in cfg.topics]
+        subs += [(f"spBv1.0/{g}/#", cfg.qos) for g in cfg.sparkplug_groups]
+        self._sub_mid = client.subscribe(subs)[1]
+        if cfg.sparkplug_host_id:
+            client.publish(
+                f"spBv1.0/STATE/{cfg.sparkplug_host_id}",
+                json.dumps({"online": True, "timestamp": self._born_ms}),
+                qos=1,
+                retain=True,
+            )
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        # Up once the broker confirmed the subscriptions: from then on nothing is missed.
+        if mid == self._sub_mid:
+            failed = [str(c) for c in codes if c.is_failure]
+            if failed:
+                self.link.down(f"subscription refused: {', '.join(failed)}")
+            else:
+                self.link.up()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not (stop_requested() or self._closing):
+            self.link.down(f"disconnected: {rc}")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        item = (msg.topic, bytes(msg.payload), now_ms(), msg.mid, msg.qos)
-        policy = self.src.cfg.overflow
-        if policy == "block":
-            self.queue.put(item)
-            return
+        recv = now_ms()
+        decoded = _Decoded(msg.mid, msg.qos, recv)
         try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            with self.lock:
-                self.dropped += 1
-            if policy == "drop_oldest":
-                old = self.queue.get_nowait()
-                self.client.ack(old[3], old[4])
-                self.queue.put_nowait(item)
-            else:
-                self.client.ack(msg.mid, msg.qos)
+            self._decode(msg.topic, bytes(msg.payload), recv, decoded)
+        except Exception as e:  # nothing a message holds may stop the input
+            log.exception("%s: unexpected failure decoding %s", self.cfg.id, msg.topic)
+            decoded.samples = []
+            decoded.others = [
+                DeadLetter("mqtt", f"{msg.topic}: undecodable ({e})", bytes(msg.payload))
+            ]
+        self.channel.put(decoded)
 
-    @override
-    def next_batch(self) -> list[SourceItem]:
-        if stop_requested() or (
-            self.src.cfg.max_messages is not None and self.src._taken >= self.src.cfg.max_messages
-        ):
-            raise StopIteration
-        out: list[SourceItem] = []
-        pts: list[Point] = []
-        received = 0
-        for _ in range(self.src.cfg.batch_size):
-            try:
-                topic, payload, recv, mid, qos = self.queue.get_nowait()
-            except queue.Empty:
+    def _ack_dropped(self, d: _Decoded) -> None:
+        self.client.ack(d.mid, d.qos)
+
+    def _decode(self, topic: str, payload: bytes, recv: int, out: _Decoded) -> None:
+        if topic.startswith("spBv1.0/"):
+            samples, dead, events, rebirth = self.sparkplug.handle(topic, payload, recv)
+            out.samples = samples
+            out.others = [*dead, *events]
+            for t in rebirth:
+                self.client.publish(t, rebirth_payload(now_ms()), qos=0)
+            return
+        for tpl in self.cfg.topics:
+            fields = tpl.match(topic)
+            if fields is not None:
                 break
-            self.src._taken += 1
-            received = max(received, recv)
-            if topic.startswith("spBv1.0/"):
-                p, d, e, rebirth = self.sparkplug.handle(topic, payload, recv)
-                pts += p
-                out += d
-                out += e
-                for t in rebirth:
-                    self.client.publish(t, rebirth_payload(), qos=0)
-            else:
-                for tpl in self.src.cfg.topics:
-                    fields = tpl.match(topic)
-                    if fields is not None:
-                        break
+        else:
+            out.others.append(DeadLetter("mqtt", f"unknown topic {topic}", payload))
+            return
+        ctx = {"enterprise": self.src.enterprise, "site": self.src.site, **fields}
+        empty = [f for f in FIELDS if not ctx.get(f)]
+        if empty:
+            reason = f"topic {topic} leaves ISA-95 level(s) {', '.join(empty)} empty"
+            out.others.append(DeadLetter("mqtt", reason, payload))
+            return
+        path = "/".join(ctx[f] for f in FIELDS)
+        ref = TagRef(path, tpl.unit)
+        text = self.cfg.text_tags is not None and tag_matches(self.cfg.text_tags, ref)
+        try:
+            value, quality, ts = parse_plain(payload, tpl.payload, recv, keep_text=text)
+            Isa95(*path.split("/")[:5])  # levels with surrounding spaces are refused here
+        except (PayloadError, ValueError) as e:
+            out.others.append(DeadLetter("mqtt", f"{topic}: {e}", payload))
+            return
+        out.samples.append((path, tpl.unit, ts, value, quality, False, False))
+
+    # -- worker --------------------------------------------------------------------------
+    def _assemble(self, taken: list[_Decoded]) -> list[SourceItem]:
+        out: list[SourceItem] = []
+        numeric: list[Sample] = []
+        texts: list[Point] = []
+        received = 0
+        for d in taken:
+            received = max(received, d.received_ms)
+            for s in d.samples:
+                if isinstance(s[3], str):
+                    ref = TagRef(s[0], s[1])
+                    ctx = ref.context
+                    texts.append(Point(s[2], ctx, ref.tag, s[3], s[1], Quality(s[4]), self.cfg.id))
                 else:
-                    out.append(DeadLetter("mqtt", f"unknown topic {topic}", payload))
-                    self.client.ack(mid, qos)
-                    continue
-                try:
-                    value, quality, ts = parse_plain(payload, tpl.payload, recv)
-                    ctx = {"enterprise": self.src.enterprise, "site": self.src.site, **fields}
-                    path = "/".join(ctx.get(f, "") for f in FIELDS)
-                    if any(not ctx.get(f) for f in FIELDS):
-                        msg = f"topic {topic} leaves an ISA-95 level empty"
-                        raise ValueError(msg)
-                    pts.append((path, tpl.unit, ts, value, quality))
-                except (ValueError, UnicodeDecodeError, RecordError) as e:
-                    out.append(DeadLetter("mqtt", f"{topic}: {e}", payload))
-            self.client.ack(mid, qos)
-        with self.lock:
-            dropped, self.dropped = self.dropped, 0
-        if dropped:
-            out.append(
-                DeadLetter(
-                    "mqtt",
-                    f"overflow: {dropped} messages dropped "
-                    f"({self.src.cfg.overflow}, queue of {self.src.cfg.queue_size})",
-                    b"",
-                )
+                    numeric.append(s)
+            out += d.others
+        if numeric:
+            flags = {"historical": [s[5] for s in numeric], "transient": [s[6] for s in numeric]}
+            out.insert(
+                0, self.table.batch(numeric, source=self.cfg.id, received_ms=received, flags=flags)
             )
-        if pts:
-            out.insert(0, self.table.batch(pts, source=self.src.cfg.id, received_ms=received))
+        if texts:
+            out.append(TextPoints(tuple(texts)))
         return out
 
     @override
+    def next_batch(self) -> list[SourceItem]:
+        limit = self.cfg.max_messages
+        if stop_requested() or (limit is not None and self.taken >= limit):
+            raise StopIteration
+        want = (
+            self.cfg.batch_size if limit is None else min(self.cfg.batch_size, limit - self.taken)
+        )
+        taken = self.channel.drain(want)
+        self.taken += len(taken)
+        out = self._assemble(taken) if taken else []
+        # QoS 1: acknowledged once taken into the flow.
+        for d in taken:
+            self.client.ack(d.mid, d.qos)
+        dropped = self.channel.take_dropped()
+        if dropped:
+            reason = (
+                f"overflow: messages dropped ({self.cfg.overflow}, queue of {self.cfg.queue_size})"
+            )
+            first = self.episodes.seen("overflow", reason, {"dropped": dropped})
+            out += [first] if first else []
+            for _ in range(dropped - 1):
+                self.episodes.seen("overflow", reason, {})
+        elif taken and "overflow" in self.episodes:
+            out += [d for d in [self.episodes.clear("overflow")] if d]
+        with self._lock:
+            events, self._events = self._events, []
+        return events + out
+
+    @override
     def next_awake(self) -> Any:
-        return None if not self.queue.empty() else _soon()
+        from datetime import UTC, datetime, timedelta
+
+        if len(self.channel) or self._events:
+            return None
+        return datetime.now(UTC) + timedelta(milliseconds=20)
 
     @override
     def snapshot(self) -> None:
@@ -359,14 +281,17 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
 
     @override
     def close(self) -> None:
-        self.client.loop_stop()
+        self._closing = True
+        cfg = self.cfg
+        if cfg.sparkplug_host_id and self.link.is_up:
+            self.client.publish(
+                f"spBv1.0/STATE/{cfg.sparkplug_host_id}",
+                json.dumps({"online": False, "timestamp": self._born_ms}),
+                qos=1,
+                retain=True,
+            ).wait_for_publish(2)
         self.client.disconnect()
-
-
-def _soon() -> Any:
-    from datetime import UTC, datetime, timedelta
-
-    return datetime.now(UTC) + timedelta(milliseconds=20)
+        self.client.loop_stop()
 
 
 @dataclass
@@ -376,7 +301,6 @@ class MqttSource(FixedPartitionedSource[SourceItem, None]):
     cfg: MqttInput
     enterprise: str
     site: str
-    _taken: int = field(default=0, init=False, repr=False)
 
     @override
     def list_parts(self) -> list[str]:

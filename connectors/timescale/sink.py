@@ -322,6 +322,8 @@ class _Partition(
     @override
     def write_batch(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         for stream, d in items:
+            if d.get("transient"):
+                continue  # Sparkplug is_transient: of interest live, never historised
             table = STREAM_TABLE[stream]
             self.buffer.append((table, row_for(table, d)))
         if self._try_flush():

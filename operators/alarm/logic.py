@@ -122,6 +122,9 @@ class AlarmEngine(PickleCopy):
     def _run(self, rule: AlarmRule, batch: PointBatch) -> list[Event]:
         gid_all = self._luts[rule.id].get(batch.tags)[batch.tag_idx]
         sel = gid_all >= 0
+        live = batch.live()
+        if live is not None:
+            sel &= live
         if not sel.any():
             return []
         raised = self._raised[rule.id]

@@ -189,6 +189,9 @@ class AnomalyDetector(PickleCopy):
     def _run(self, rule: AnomalyRule, batch: PointBatch) -> list[Event]:
         gid = self._luts[rule.id].get(batch.tags)[batch.tag_idx]
         sel = gid >= 0
+        live = batch.live()
+        if live is not None:
+            sel &= live
         if rule.ignore_below is not None:
             sel &= batch.value >= rule.ignore_below
         if not sel.any():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -119,10 +120,9 @@ def test_plain_topics_and_sparkplug_rebirth(endpoints, tmp_path: Path):
 def test_tls_with_username_and_password(endpoints):
     import ssl
 
-    from connectors.errors import SourceError
     from connectors.mqtt.config import MqttInput
     from connectors.mqtt.source import MqttSource
-    from wire.records import PointBatch
+    from wire.records import Event, PointBatch
 
     require_port(endpoints.mqtt_host, endpoints.mqtt_tls_port, "mosquitto (TLS)")
     run = uuid.uuid4().hex[:6]
@@ -142,6 +142,11 @@ def test_tls_with_username_and_password(endpoints):
         "s1",
     )
     part = src.build_part("s", src.list_parts()[0], None)
+    up: list = []
+    deadline = time.monotonic() + 10
+    while not up and time.monotonic() < deadline:  # subscribed once the source is up
+        up = [e for e in part.next_batch() if isinstance(e, Event) and e.state == "source_up"]
+        time.sleep(0.05)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tls-pub-{run}")
     pub.username_pw_set("edgeflow", "edgeflow")
     pub.tls_set(ca_certs=endpoints.mqtt_ca, cert_reqs=ssl.CERT_REQUIRED)
@@ -172,5 +177,105 @@ def test_tls_with_username_and_password(endpoints):
         "enterprise",
         "site",
     )
-    with pytest.raises(SourceError, match="did not accept"):
-        wrong.build_part("s", wrong.list_parts()[0], None)
+    # A refused login is a source_down event with the broker's reason, not a crash; paho
+    # keeps retrying (the password may be fixed on the broker side).
+    bad = wrong.build_part("s", wrong.list_parts()[0], None)
+    events: list = []
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:
+        events = [e for e in bad.next_batch() if isinstance(e, Event)]
+        time.sleep(0.05)
+    bad.close()
+    assert [e.state for e in events] == ["source_down"]
+    assert "Not authorized" in events[0].message
+
+
+def test_poison_messages_through_a_real_broker_are_dead_letters_and_good_ones_arrive(endpoints):
+    """Thousands of malformed payloads interleaved with good ones: no crash, each bad message
+    one dead letter, every good message delivered (in a single flow run, QoS 1)."""
+    import random
+
+    from connectors.mqtt.config import MqttInput
+    from connectors.mqtt.source import MqttSource
+    from tests.unit.test_poison_payloads import FIELD_CRASHES
+    from wire.records import DeadLetter, Event, PointBatch
+    from wire.sparkplug.codec import encode
+
+    require_port(endpoints.mqtt_host, endpoints.mqtt_port, "mosquitto")
+    run = uuid.uuid4().hex[:6]
+    rng = random.Random(7)
+    bad = [p for p in FIELD_CRASHES if len(p) < 100_000] + [
+        bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 60))) for _ in range(1500)
+    ]
+    sparkplug_bad = [b"\x0a\xff\xff", b"\x08" + b"\xff" * 9 + b"\x01", b"\x12\x03\x0a\x01\xff"]
+    src = MqttSource(
+        MqttInput(
+            type="mqtt",
+            host=endpoints.mqtt_host,
+            port=endpoints.mqtt_port,
+            client_id=f"poison-{run}",
+            topics=[{"template": f"poison{run}/{{area}}/{{line}}/{{machine}}/{{tag}}"}],
+            sparkplug_groups=[f"g{run}"],
+        ),
+        "acme",
+        "s1",
+    )
+    part = src.build_part("s", src.list_parts()[0], None)
+    got: list = []
+    deadline = time.monotonic() + 10
+    while not any(isinstance(i, Event) for i in got) and time.monotonic() < deadline:
+        got += part.next_batch()
+        time.sleep(0.05)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"poison-pub-{run}")
+    pub.connect(endpoints.mqtt_host, endpoints.mqtt_port)
+    pub.loop_start()
+    good = 0
+    expected_bad = 0
+    topic = f"poison{run}/a/l/m"
+    sent = 0
+    for i, payload in enumerate(bad):
+        if i % 200 == 0:  # keep within the broker's per-client queue (max_queued_messages)
+            wait = time.monotonic() + 30
+            while part.taken < sent and time.monotonic() < wait:
+                got += part.next_batch()
+                time.sleep(0.01)
+        pub.publish(f"{topic}/t{i % 7}", payload, qos=1)
+        sent += 2
+        ok = False
+        try:
+            from connectors.mqtt.payloads import PayloadError, parse_plain
+
+            parse_plain(payload, "json", 0)
+            ok = True
+        except PayloadError:
+            pass
+        good += ok
+        expected_bad += not ok
+        pub.publish(f"{topic}/good", json.dumps({"value": i, "ts_ms": 1_000_000 + i}), qos=1)
+        good += 1
+    birth = encode([("x", 1, "Double", 1.0)], seq=0, timestamp=1000)
+    pub.publish(f"spBv1.0/g{run}/NBIRTH/n1", birth, qos=1)
+    for p in sparkplug_bad:
+        pub.publish(f"spBv1.0/g{run}/NDATA/n1", p, qos=1).wait_for_publish(5)
+    total = len(bad) * 2 + 1 + len(sparkplug_bad)
+    deadline = time.monotonic() + 60
+    while part.taken < total and time.monotonic() < deadline:
+        got += part.next_batch()
+        time.sleep(0.02)
+    got += part.next_batch()
+    pub.loop_stop()
+    part.close()
+    values = [v for b in got if isinstance(b, PointBatch) for v in b.value.tolist()]
+    good_values = sorted(
+        v
+        for b in got
+        if isinstance(b, PointBatch)
+        for i, v in zip(b.tag_idx.tolist(), b.value.tolist(), strict=True)
+        if b.tags[i].tag == "good"
+    )
+    assert good_values == [float(i) for i in range(len(bad))]  # every good message, once
+    dead = [d for d in got if isinstance(d, DeadLetter)]
+    sparkplug_dead = [d for d in dead if d.reason.startswith("spBv1.0/")]
+    assert len(dead) - len(sparkplug_dead) == expected_bad  # each bad message one dead letter
+    assert len(sparkplug_dead) >= len(sparkplug_bad)
+    assert len(values) == good + 1  # plus the birth's metric

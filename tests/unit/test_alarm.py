@@ -78,3 +78,25 @@ def test_hysteresis_kernel_both_set_and_reset_counts_as_set():
 def test_negative_deadband_refused():
     with pytest.raises(RuleError):
         AlarmRule("x", "*", limit=1, deadband=-1)
+
+
+def test_historical_values_never_raise_live_alarms():
+    import numpy as np
+
+    from wire.records import PointBatch, TagRef
+
+    ref = TagRef("e/s/a/l/m/temp", "C")
+    batch = PointBatch(
+        (ref,),
+        np.zeros(3, np.int32),
+        np.array([1000, 2000, 3000]),
+        np.array([99.0, 99.0, 50.0]),
+        np.zeros(3, np.uint8),
+        extra={"historical": np.array([True, True, False])},
+    )
+    engine = AlarmEngine((AlarmRule("hot", "temp", limit=85),))
+    assert engine.process(batch) == []  # the backfilled 99 C is stored, not alarmed on
+    live = PointBatch(
+        (ref,), np.zeros(1, np.int32), np.array([4000]), np.array([99.0]), np.zeros(1, np.uint8)
+    )
+    assert [e.state for e in engine.process(live)] == ["raised"]

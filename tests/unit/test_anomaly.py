@@ -183,3 +183,21 @@ def test_disordered_stream_gives_the_same_events_for_any_batching(rule, seed):
     assert whole, "the signal should raise the rule at least once"
     for size in (1, 7, 50):
         assert run(size) == whole  # bit for bit, messages included
+
+
+def test_historical_values_are_not_judged_by_live_anomaly_rules():
+    import numpy as np
+
+    from wire.records import PointBatch, TagRef
+
+    ref = TagRef("e/s/a/l/m/load", "kW")
+    rule = AnomalyRule("spike", "spike", "load", lookback_ms=60_000, factor=2.0)
+    hist = PointBatch(
+        (ref,),
+        np.zeros(2, np.int32),
+        np.array([1000, 2000]),
+        np.array([10.0, 100.0]),
+        np.zeros(2, np.uint8),
+        extra={"historical": np.array([True, True])},
+    )
+    assert AnomalyDetector((rule,)).process(hist) == []

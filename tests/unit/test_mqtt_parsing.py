@@ -2,7 +2,8 @@ import pytest
 
 from connectors.errors import SourceError
 from connectors.mqtt.config import TopicTemplate
-from connectors.mqtt.source import SparkplugState, parse_plain
+from connectors.mqtt.payloads import parse_plain
+from connectors.mqtt.sparkplug import SparkplugState
 from wire.sparkplug.codec import encode
 
 T = TopicTemplate("plant/{area}/{line}/{machine}/{tag}")

@@ -2,7 +2,10 @@
 
 Signed integers are read from the low bits of whichever value field carries them, so both the
 specification's encoding and other implementations' (e.g. Tahu JS writes Int8 -5 as the 32-bit
-two's complement 4294967291, and UInt32 in ``long_value``) decode to the same number.
+two's complement 4294967291, and UInt32 in ``long_value``) decode to the same number. Integer
+metrics decode to exact Python ints (a UInt64 may exceed what a float holds exactly); DataSet
+and Template values are reported by ``kind`` and not decoded. Metric properties (``engUnit``
+and others) decode to plain values.
 """
 
 from __future__ import annotations
@@ -49,14 +52,22 @@ class SparkplugError(CodecError):
 
 @dataclass(frozen=True, slots=True)
 class SpMetric:
-    """One decoded metric; ``value`` is None when ``is_null`` or not a scalar type."""
+    """One decoded metric; ``value`` is None when ``is_null`` or not a scalar.
+
+    ``kind`` is ``scalar``, ``dataset``, ``template`` or ``extension`` (the last three carry
+    no decoded value).
+    """
 
     name: str | None
     alias: int | None
     timestamp: int | None
     datatype: int | None
-    value: float | bool | str | bytes | None
+    value: int | float | bool | str | bytes | None
     is_null: bool = False
+    is_historical: bool = False
+    is_transient: bool = False
+    properties: dict[str, Any] | None = None
+    kind: str = "scalar"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,23 +79,37 @@ class SpPayload:
     metrics: tuple[SpMetric, ...]
 
 
-def _value(m: Any, datatype: int | None) -> float | bool | str | bytes | None:
+_KINDS = {"dataset_value": "dataset", "template_value": "template", "extension_value": "extension"}
+
+
+def _value(m: Any, datatype: int | None) -> tuple[int | float | bool | str | bytes | None, str]:
     field = m.WhichOneof("value")
     if field is None:
-        return None
+        return None, "scalar"
+    if field in _KINDS:
+        return None, _KINDS[field]
     raw = getattr(m, field)
-    if field in ("int_value", "long_value") and datatype is not None:
+    if field in ("int_value", "long_value"):
         if datatype in _SIGNED_BITS:
             bits = _SIGNED_BITS[datatype]
             v = int(raw) & ((1 << bits) - 1)
-            return float(v - (1 << bits) if v >> (bits - 1) else v)
+            return (v - (1 << bits) if v >> (bits - 1) else v), "scalar"
         if datatype in _UNSIGNED_BITS:
-            return float(int(raw) & ((1 << _UNSIGNED_BITS[datatype]) - 1))
-    if field in ("dataset_value", "template_value", "extension_value"):
-        return None
+            return int(raw) & ((1 << _UNSIGNED_BITS[datatype]) - 1), "scalar"
+        return int(raw), "scalar"
     if isinstance(raw, bool | str | bytes):
-        return raw
-    return float(raw)
+        return raw, "scalar"
+    return float(raw), "scalar"
+
+
+def _properties(ps: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, pv in zip(ps.keys, ps.values, strict=False):
+        field = pv.WhichOneof("value")
+        if pv.is_null or field is None or field.startswith("propertyset"):
+            continue
+        out[str(key)] = getattr(pv, field)
+    return out
 
 
 def decode(data: bytes) -> SpPayload:
@@ -98,14 +123,19 @@ def decode(data: bytes) -> SpPayload:
     metrics = []
     for m in p.metrics:
         datatype = m.datatype if m.HasField("datatype") else None
+        value, kind = (None, "scalar") if m.is_null else _value(m, datatype)
         metrics.append(
             SpMetric(
                 name=m.name if m.HasField("name") else None,
                 alias=m.alias if m.HasField("alias") else None,
                 timestamp=m.timestamp if m.HasField("timestamp") else None,
                 datatype=datatype,
-                value=None if m.is_null else _value(m, datatype),
+                value=value,
                 is_null=m.is_null,
+                is_historical=m.is_historical,
+                is_transient=m.is_transient,
+                properties=_properties(m.properties) if m.HasField("properties") else None,
+                kind=kind,
             )
         )
     return SpPayload(
@@ -116,9 +146,16 @@ def decode(data: bytes) -> SpPayload:
 
 
 def encode(
-    metrics: list[tuple[str | None, int | None, str, Any]], *, seq: int | None, timestamp: int
+    metrics: list[tuple[str | None, int | None, str, Any]],
+    *,
+    seq: int | None,
+    timestamp: int,
+    units: dict[str, str] | None = None,
 ) -> bytes:
-    """Encode ``(name, alias, datatype name, value)`` metrics (simulators and tests)."""
+    """Encode ``(name, alias, datatype name, value)`` metrics (simulators and tests).
+
+    ``units`` adds an ``engUnit`` property to the named metrics (births).
+    """
     p = Payload()
     p.timestamp = timestamp
     if seq is not None:
@@ -132,6 +169,11 @@ def encode(
         m.timestamp = timestamp
         code = _CODES[dtype]
         m.datatype = code
+        if units and name in units:
+            m.properties.keys.append("engUnit")
+            pv = m.properties.values.add()
+            pv.type = _CODES["String"]
+            pv.string_value = units[name]
         if value is None:
             m.is_null = True
         elif code in (1, 2, 3, 5, 6, 7):
