@@ -69,8 +69,6 @@ def machine() -> str:
 SERVICE_CASES = [  # case, tags, Hz, seconds, note
     ("kafka_consume", 1_000, 1.0, 1800, "raw consume of the raw topic: the limit for replay"),
     ("kafka_replay", 1_000, 1.0, 1800, "case 2: raw topic -> the chain of case 1 -> topics"),
-    ("ingest_modbus", 1_000, 1.0, 300, "case 3: Modbus simulator -> source -> raw topic"),
-    ("ingest_opcua", 1_000, 1.0, 300, "case 3: OPC UA simulator (polling) -> raw topic"),
     ("postgres_sink", 1_000, 1.0, 3600, "case 4: aggregate rows/s, COPY + upsert"),
     ("influx_sink", 1_000, 1.0, 3600, "case 4: aggregate rows/s, line protocol + gzip"),
 ]
@@ -102,6 +100,39 @@ def service_cases(quick: bool) -> None:
         print(
             f"{case:<14} {r['tags']:>6} {r['hz']:>4g} {size} {rate} "
             f"{r['peak_rss_mb']:>6.0f} MB  {note}"
+        )
+
+
+INGEST_CASES = [  # case 3: python -m bench.ingest CASE
+    ("opcua_1hz", "OPC UA: 10,000 nodes at 1 Hz, subscription"),
+    ("opcua_10hz", "OPC UA: 10,000 nodes at 10 Hz (capacity)"),
+    ("mqtt", "MQTT JSON: a backlog of messages, QoS 1"),
+    ("sparkplug", "Sparkplug B DDATA, 1,000 metrics per message"),
+    ("modbus", "Modbus: 100 units x 100 registers at 1 Hz"),
+]
+
+
+def ingest_cases(quick: bool) -> None:
+    """Case 3: ingest at plant scale against node-opcua, mosquitto and modbus-serial servers."""
+    interop = os.path.join(os.path.dirname(__file__), "..", "tests", "interop", "node_modules")
+    if not os.path.isdir(interop) or not _up(11883):
+        print("ingest         skipped: run bash infra/local/install.sh and start.sh first")
+        return
+    print(f"{'ingest (case 3)':<16} {'values':>10} {'values/s':>12} {'raw lib/s':>12}  what")
+    for case, what in INGEST_CASES:
+        cmd = [sys.executable, "-m", "bench.ingest", case] + (["--quick"] if quick else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        extra = ""
+        if case == "modbus":
+            extra = (
+                f"; {r['polls']:,} polls of {r['expected_polls']:,} due, {r['missed_polls']} "
+                f"missed, lateness p50 {r['lateness_p50_ms']:.1f} ms, p99 "
+                f"{r['lateness_p99_ms']:.1f} ms"
+            )
+        print(
+            f"{r['case']:<16} {r['values']:>10,} {r['per_s']:>12,.0f} "
+            f"{r['reference_per_s']:>12,.0f}  {what}{extra} (raw: {r['reference']})"
         )
 
 
@@ -148,6 +179,7 @@ def main() -> None:
             f"{r['window_close_max_ms'] - wait:.0f} ms"
         )
     service_cases(args.quick)
+    ingest_cases(args.quick)
     print(f"# total {time.perf_counter() - t0:.0f} s")
     if failures:
         sys.exit(f"chain results differ from the numpy reference for {failures}")

@@ -352,104 +352,7 @@ def live_latency(data: BenchData) -> dict[str, Any]:
     }
 
 
-# -- case 3: protocol ingest ---------------------------------------------------------------------
-def _ingest(input_cfg: dict[str, Any]) -> float:
-    """Run simulator-fed protocol input -> raw Kafka topic; return seconds."""
-    import uuid
-
-    from bytewax.testing import run_main
-
-    from flows.build import build_flow
-    from flows.config import parse_site
-
-    site = parse_site(
-        {
-            "name": "ingest",
-            "site": {"enterprise": "acme", "site": "demo-solar"},
-            "inputs": [input_cfg],
-            "sinks": [
-                {
-                    "type": "kafka",
-                    "kafka": {"bootstrap_servers": _bootstrap()},
-                    "topics": {"raw": f"edgeflow.bench.{uuid.uuid4().hex[:8]}.raw"},
-                }
-            ],
-        }
-    )
-    flow = build_flow(site, name="ingest")
-    t0 = time.perf_counter()
-    run_main(flow)
-    return time.perf_counter() - t0
-
-
-def ingest_modbus(data: BenchData) -> dict[str, Any]:
-    """Case 3: Modbus TCP simulator -> source (6 devices, coalesced reads) -> raw topic."""
-    from simulators.modbus_server import ModbusSiteServer
-    from simulators.site import EnergySite
-
-    srv = ModbusSiteServer(EnergySite(start_ms=START_MS), update_ms=0).start()
-    polls = int(data.duration_s)
-    devices = [
-        {
-            "device_id": m.device_id,
-            "area": m.area,
-            "line": m.line,
-            "machine": m.machine,
-            "interval_ms": 1,
-            "registers": [
-                {
-                    "tag": r.tag,
-                    "address": r.address,
-                    "table": r.table,
-                    "dtype": r.dtype,
-                    "order": r.order,
-                    "scale": r.scale,
-                }
-                for r in m.registers
-            ],
-        }
-        for m in srv.maps
-    ]
-    secs = _ingest(
-        {
-            "type": "modbus",
-            "host": "127.0.0.1",
-            "port": srv.port,
-            "max_polls": polls,
-            "devices": devices,
-        }
-    )
-    srv.stop()
-    points = polls * sum(len(m.registers) for m in srv.maps)
-    return {"seconds": secs, "ingested": points}
-
-
-def ingest_opcua(data: BenchData) -> dict[str, Any]:
-    """Case 3: OPC UA simulator (29 variables, polling) -> source -> raw topic."""
-    import socket
-
-    from simulators.opcua_server import OpcUaSiteServer
-    from simulators.site import EnergySite
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    srv = OpcUaSiteServer(EnergySite(start_ms=START_MS), port=port, update_ms=0).start()
-    n = int(data.duration_s) * 29
-    secs = _ingest(
-        {
-            "type": "opcua",
-            "url": srv.url,
-            "mode": "polling",
-            "interval_ms": 1,
-            "browse": ["ns=2;s=Site"],
-            "max_samples": n,
-        }
-    )
-    srv.stop()
-    return {"seconds": secs, "ingested": n}
-
-
+# -- case 3: protocol ingest lives in bench/ingest.py ----------------------------------------
 CASES = {
     "chain": chain,
     "numpy": numpy_only,
@@ -662,8 +565,6 @@ def influx_sink(data: BenchData) -> dict[str, Any]:
 CASES.update(
     {
         "live_latency": live_latency,
-        "ingest_modbus": ingest_modbus,
-        "ingest_opcua": ingest_opcua,
         "kafka_consume": kafka_consume,
         "kafka_replay": kafka_replay,
         "postgres_sink": postgres_sink,
@@ -692,9 +593,6 @@ def main() -> None:
     )
     if "rows" in res:
         res["rows_per_s"] = res["rows"] / res["seconds"]
-    if "ingested" in res:
-        res["points"] = res["ingested"]
-        res["points_per_s"] = res["ingested"] / res["seconds"]
     json.dump(res, sys.stdout)
     print()
 

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
+
+import orjson
 
 from connectors.errors import ConnectorError
 from wire.records import Quality, to_ms
@@ -76,11 +77,8 @@ def parse_plain(
             msg = f"payload {text[:40]!r} is not a number"
             raise PayloadError(msg) from None
     try:
-        doc = json.loads(text)
-    except RecursionError:
-        msg = "JSON payload is nested too deeply"
-        raise PayloadError(msg) from None
-    except ValueError as e:
+        doc = orjson.loads(text)  # bounded nesting depth, 64-bit integers, no NaN/Infinity
+    except (orjson.JSONDecodeError, RecursionError) as e:
         msg = f"payload is not JSON: {e}"
         raise PayloadError(msg) from None
     if isinstance(doc, int | float) and not isinstance(doc, bool):

@@ -95,6 +95,7 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
         self.taken = 0
         self._closing = False
         self._sub_mid = -1
+        self._routes: dict[str, tuple[str, str, str, bool] | str] = {}
         self.client = self._client()
 
     # -- network thread ------------------------------------------------------------------
@@ -189,29 +190,43 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
             for t in rebirth:
                 self.client.publish(t, rebirth_payload(now_ms()), qos=0)
             return
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._route(topic)
+            if len(self._routes) < 100_000:  # topics repeat: resolve each once
+                self._routes[topic] = route
+        if isinstance(route, str):
+            out.others.append(DeadLetter("mqtt", route, payload))
+            return
+        path, unit, kind, text = route
+        try:
+            value, quality, ts = parse_plain(payload, kind, recv, keep_text=text)
+        except PayloadError as e:
+            out.others.append(DeadLetter("mqtt", f"{topic}: {e}", payload))
+            return
+        out.samples.append((path, unit, ts, value, quality, False, False))
+
+    def _route(self, topic: str) -> tuple[str, str, str, bool] | str:
+        """Return ``(path, unit, payload kind, text tag)`` of a plain topic, or the reason."""
         for tpl in self.cfg.topics:
             fields = tpl.match(topic)
             if fields is not None:
                 break
         else:
-            out.others.append(DeadLetter("mqtt", f"unknown topic {topic}", payload))
-            return
+            return f"unknown topic {topic}"
         ctx = {"enterprise": self.src.enterprise, "site": self.src.site, **fields}
         empty = [f for f in FIELDS if not ctx.get(f)]
         if empty:
-            reason = f"topic {topic} leaves ISA-95 level(s) {', '.join(empty)} empty"
-            out.others.append(DeadLetter("mqtt", reason, payload))
-            return
+            return f"topic {topic} leaves ISA-95 level(s) {', '.join(empty)} empty"
         path = "/".join(ctx[f] for f in FIELDS)
-        ref = TagRef(path, tpl.unit)
-        text = self.cfg.text_tags is not None and tag_matches(self.cfg.text_tags, ref)
         try:
-            value, quality, ts = parse_plain(payload, tpl.payload, recv, keep_text=text)
             Isa95(*path.split("/")[:5])  # levels with surrounding spaces are refused here
-        except (PayloadError, ValueError) as e:
-            out.others.append(DeadLetter("mqtt", f"{topic}: {e}", payload))
-            return
-        out.samples.append((path, tpl.unit, ts, value, quality, False, False))
+        except ValueError as e:
+            return f"{topic}: {e}"
+        text = self.cfg.text_tags is not None and tag_matches(
+            self.cfg.text_tags, TagRef(path, tpl.unit)
+        )
+        return path, tpl.unit, tpl.payload, text
 
     # -- worker --------------------------------------------------------------------------
     def _assemble(self, taken: list[_Decoded]) -> list[SourceItem]:

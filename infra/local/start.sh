@@ -59,6 +59,8 @@ start_mqtt() {
   cat >"$dir/mosquitto.conf" <<CONF
 per_listener_settings true
 persistence false
+max_queued_messages 1000000
+max_inflight_messages 1000
 log_dest file $dir/mosquitto.log
 pid_file $dir/mosquitto.pid
 listener $MQTT_PORT 127.0.0.1
