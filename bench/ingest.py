@@ -204,13 +204,15 @@ def _backlog(topic_of: Any, payloads: list[bytes], client_id: str, sub: str) -> 
     c.loop_stop()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{client_id}-pub")
     pub.max_inflight_messages_set(1000)
-    pub.max_queued_messages_set(0)
     pub.connect("127.0.0.1", MQTT_PORT)
     pub.loop_start()
-    info = None
+    pending = []
     for i, p in enumerate(payloads):
-        info = pub.publish(topic_of(i), p, qos=1)
-    if info is not None:
+        pending.append(pub.publish(topic_of(i), p, qos=1))
+        if len(pending) >= 5000:  # bound paho's own outgoing queue
+            pending[-1].wait_for_publish(300)
+            pending.clear()
+    for info in pending:
         info.wait_for_publish(300)
     pub.disconnect()
     pub.loop_stop()

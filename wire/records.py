@@ -732,7 +732,15 @@ class TagTable:
 
         ``flags`` (e.g. ``historical``) become per-point boolean extras when any is set.
         """
-        idx = [self.index(TagRef(s[0], s[1])) for s in samples]
+        # Samples of one batch mostly repeat a few tags: resolve each (path, unit) once.
+        known: dict[tuple[str, str], int] = {}
+        idx = []
+        for s in samples:
+            key = (s[0], s[1])
+            i = known.get(key)
+            if i is None:
+                i = known[key] = self.index(TagRef(s[0], s[1]))
+            idx.append(i)
         extra = {
             name: np.asarray(values, np.bool_)
             for name, values in (flags or {}).items()

@@ -21,9 +21,17 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.mqtt.payloads import PayloadError, check_ts
+from connectors.mqtt.payloads import MAX_TS_MS, PayloadError, check_ts
 from wire.records import DeadLetter, Event, Quality
-from wire.sparkplug.codec import DATATYPES, SparkplugError, SpMetric, decode, encode
+from wire.sparkplug.codec import (
+    DATATYPES,
+    SparkplugError,
+    SpMetric,
+    SpPayload,
+    encode,
+    metric_of,
+    parse,
+)
 
 __all__ = ["Sample", "SparkplugState", "rebirth_payload"]
 
@@ -43,6 +51,7 @@ class _Metric:
     device: str | None
     unit: str = ""
     datatype: int | None = None
+    path: str = ""
 
 
 @dataclass
@@ -128,13 +137,18 @@ class SparkplugState:
         if mtype in ("NCMD", "DCMD", "STATE") or group == "STATE":
             return samples, dead, events, rebirth
         try:
-            p = decode(payload)
+            raw = parse(payload)
         except SparkplugError as e:
             reject(str(e))
             return samples, dead, events, rebirth
+        p = SpPayload(
+            timestamp=raw.timestamp if raw.HasField("timestamp") else None,
+            seq=raw.seq if raw.HasField("seq") else None,
+            metrics=(),
+        )
         node = self.nodes.setdefault((group, node_id), _Node())
         if mtype == "NDEATH":
-            bd = _bd_seq(p.metrics)
+            bd = _bd_seq(tuple(metric_of(m) for m in raw.metrics))
             if bd is not None and node.bd_seq is not None and bd != node.bd_seq:
                 log.info("sparkplug: %s/%s: NDEATH of an earlier session ignored", group, node_id)
                 return samples, dead, events, rebirth
@@ -151,7 +165,7 @@ class SparkplugState:
             node.aliases = {a: m for a, m in node.aliases.items() if m.device is not None}
             node.metrics = {k: m for k, m in node.metrics.items() if k[0] is not None}
             node.online = True
-            node.bd_seq = _bd_seq(p.metrics)
+            node.bd_seq = _bd_seq(tuple(metric_of(m) for m in raw.metrics))
         elif p.seq is not None and node.seq is not None and p.seq != (node.seq + 1) % 256:
             why = f"seq gap: expected {(node.seq + 1) % 256}, got {p.seq}"
             self._rebirth(group, node_id, node, now, why, rebirth)
@@ -167,13 +181,33 @@ class SparkplugState:
                 reject(f"payload {e}")
                 return samples, dead, events, rebirth
         birth = mtype in ("NBIRTH", "DBIRTH")
-        for m in p.metrics:
+        aliases = node.aliases
+        append = samples.append
+        for pm in raw.metrics:
+            if not birth and not pm.name and pm.WhichOneof("value") == "double_value":
+                # The hot path (DATA by alias, a Double): no metric object is built.
+                meta = aliases.get(pm.alias)
+                ts = pm.timestamp or ts_default
+                if meta is not None and not pm.is_null and ts < MAX_TS_MS:
+                    append(
+                        (
+                            meta.path,
+                            meta.unit,
+                            ts,
+                            pm.double_value,
+                            0,
+                            pm.is_historical,
+                            pm.is_transient,
+                        )
+                    )
+                    continue
+            m = metric_of(pm)
             meta = self._resolve(m, node, device, birth, group, node_id, now, rebirth, reject)
             if meta is None:
                 continue
             sample = self._sample(m, meta, group, node_id, device, ts_default, reject)
             if sample is not None:
-                samples.append(sample)
+                append(sample)
         return samples, dead, events, rebirth
 
     def _resolve(
@@ -194,13 +228,18 @@ class SparkplugState:
                 return None
             if m.name == "bdSeq":
                 return None  # the session counter, not a metric of the plant
-            meta = _Metric(m.name, device, _unit(m) or "", m.datatype)
+            path = self.path(group, node_id, device, m.name)
+            meta = _Metric(m.name, device, _unit(m) or "", m.datatype, path)
             node.metrics[(device, m.name)] = meta
             if m.alias is not None:
                 node.aliases[m.alias] = meta
             return meta
         if m.name:
-            return node.metrics.get((device, m.name)) or _Metric(m.name, device, "", m.datatype)
+            known_name = node.metrics.get((device, m.name))
+            if known_name is not None:
+                return known_name
+            path = self.path(group, node_id, device, m.name)
+            return _Metric(m.name, device, "", m.datatype, path)
         known = node.aliases.get(m.alias) if m.alias is not None else None
         if known is None:
             reject(f"unknown alias {m.alias} (rebirth requested)")
@@ -220,6 +259,15 @@ class SparkplugState:
     ) -> Sample | None:
         if m.is_null:
             return None  # a null value is "no value", not a sample
+        value = m.value
+        if (
+            type(value) is float
+            and m.kind == "scalar"
+            and (m.timestamp is None or 0 <= m.timestamp < MAX_TS_MS)
+        ):
+            # The common case, a float with a sane time: no further checks to make.
+            ts = m.timestamp or ts_default
+            return (meta.path, meta.unit, ts, value, 0, m.is_historical, m.is_transient)
         datatype = m.datatype if m.datatype is not None else meta.datatype
         type_name = DATATYPES.get(datatype or 0, f"type {datatype}")
         if m.kind != "scalar":
@@ -230,7 +278,6 @@ class SparkplugState:
         except PayloadError as e:
             reject(f"metric {meta.name}: {e}")
             return None
-        value = m.value
         out: float | str
         if isinstance(value, bool):
             out = float(value)
@@ -249,8 +296,7 @@ class SparkplugState:
         else:
             reject(f"metric {meta.name}: {type_name} values are not supported")
             return None
-        path = self.path(group, node_id, device, meta.name)
-        return (path, meta.unit, ts, out, int(Quality.GOOD), m.is_historical, m.is_transient)
+        return (meta.path, meta.unit, ts, out, int(Quality.GOOD), m.is_historical, m.is_transient)
 
     def _stale(
         self, group: str, node_id: str, device: str | None, name: str, now: int, why: str

@@ -11,14 +11,23 @@ and others) decode to plain values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from wire.errors import CodecError
 from wire.sparkplug.sparkplug_b_pb2 import Payload  # type: ignore[attr-defined]
 
-__all__ = ["DATATYPES", "SparkplugError", "SpMetric", "SpPayload", "decode", "encode"]
+__all__ = [
+    "DATATYPES",
+    "SpMetric",
+    "SpPayload",
+    "SparkplugError",
+    "decode",
+    "encode",
+    "metric_of",
+    "parse",
+]
 
 DATATYPES = {
     1: "Int8",
@@ -50,12 +59,11 @@ class SparkplugError(CodecError):
     """A Sparkplug payload or metric cannot be decoded."""
 
 
-@dataclass(frozen=True, slots=True)
-class SpMetric:
+class SpMetric(NamedTuple):
     """One decoded metric; ``value`` is None when ``is_null`` or not a scalar.
 
     ``kind`` is ``scalar``, ``dataset``, ``template`` or ``extension`` (the last three carry
-    no decoded value).
+    no decoded value). A tuple: payloads carry thousands of metrics.
     """
 
     name: str | None
@@ -112,36 +120,52 @@ def _properties(ps: Any) -> dict[str, Any]:
     return out
 
 
-def decode(data: bytes) -> SpPayload:
-    """Decode a Sparkplug B payload; raises :class:`SparkplugError` on malformed bytes."""
+def parse(data: bytes) -> Any:
+    """Parse a Sparkplug B payload into its protobuf message; raises :class:`SparkplugError`."""
     p = Payload()
     try:
         p.ParseFromString(data)
     except DecodeError as e:
         msg = f"malformed Sparkplug B payload: {e}"
         raise SparkplugError(msg) from e
-    metrics = []
-    for m in p.metrics:
-        datatype = m.datatype if m.HasField("datatype") else None
-        value, kind = (None, "scalar") if m.is_null else _value(m, datatype)
-        metrics.append(
-            SpMetric(
-                name=m.name if m.HasField("name") else None,
-                alias=m.alias if m.HasField("alias") else None,
-                timestamp=m.timestamp if m.HasField("timestamp") else None,
-                datatype=datatype,
-                value=value,
-                is_null=m.is_null,
-                is_historical=m.is_historical,
-                is_transient=m.is_transient,
-                properties=_properties(m.properties) if m.HasField("properties") else None,
-                kind=kind,
-            )
-        )
+    return p
+
+
+def metric_of(m: Any) -> SpMetric:
+    """Decode one protobuf metric."""
+    # Zero means "absent" for name, timestamp and data type (0 is Unknown, and a metric has
+    # neither an empty name nor a 1970 timestamp); only alias 0 needs HasField.
+    datatype = m.datatype or None
+    field = m.WhichOneof("value")
+    if m.is_null or field is None:
+        value, kind = None, "scalar"
+    elif field == "double_value":
+        value, kind = m.double_value, "scalar"
+    else:
+        value, kind = _value(m, datatype)
+    alias = m.alias
+    props = m.properties
+    return SpMetric(
+        m.name or None,
+        alias if alias or m.HasField("alias") else None,
+        m.timestamp or None,
+        datatype,
+        value,
+        m.is_null,
+        m.is_historical,
+        m.is_transient,
+        _properties(props) if props.keys else None,
+        kind,
+    )
+
+
+def decode(data: bytes) -> SpPayload:
+    """Decode a Sparkplug B payload; raises :class:`SparkplugError` on malformed bytes."""
+    p = parse(data)
     return SpPayload(
         timestamp=p.timestamp if p.HasField("timestamp") else None,
         seq=p.seq if p.HasField("seq") else None,
-        metrics=tuple(metrics),
+        metrics=tuple(metric_of(m) for m in p.metrics),
     )
 
 
