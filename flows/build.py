@@ -24,6 +24,7 @@ from bytewax.operators import KeyedStream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
+from flows import system
 from flows.config import SiteBase
 from flows.errors import ConfigError
 from flows.registry import Kind, component, load_components
@@ -153,7 +154,7 @@ class Build:
     # -- inputs --------------------------------------------------------------------------
     def input(self, step_id: str, source: Source[Any]) -> None:
         """Add a source whose items are point batches, dead letters, events and text points."""
-        items = op.input(step_id, self.flow, source)
+        items = op.input(step_id, self.flow, system.track(source))
         split = op.branch(f"{step_id}_split", items, _is_batch)
         self.add("raw", cast(Stream[PointBatch], split.trues))
         rest = op.branch(f"{step_id}_rest", split.falses, _is_dead_letter)
@@ -248,9 +249,15 @@ def build_flow(site: SiteBase, *, out_dir: Path | None = None, name: str = "edge
     def builder(kind: Kind, cfg: Any) -> Callable[[], None]:
         return lambda: component(kind, cfg.type).build(cfg, b)
 
+    system.reset()
     inputs = getattr(site, "inputs", ())
     for i, inp in enumerate(inputs):
         located(f"inputs.{i}", builder("input", inp))
+    # What components report from their own threads (connection states, spool overflows).
+    posted = op.input("_system", b.flow, system.SystemSource())
+    split = op.branch("_system_split", posted, _is_dead_letter)
+    b.add("dead_letters", cast(Stream[DeadLetter], split.trues))
+    b.add("events", cast(Stream[Event], split.falses))
     b.points = key_by_shard("shard", b.stream("raw", "inputs"), levels=site.site.shard_levels)
     for i, step in enumerate(getattr(site, "operators", ())):
         located(f"operators.{i}", builder("operator", step))

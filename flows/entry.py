@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from bytewax.dataflow import Dataflow
 from flows.build import build_flow
 from flows.config import load_settings, load_site
 from flows.errors import ConfigError
-from flows.lifecycle import install_signal_handlers
+from flows.lifecycle import exit_failures, install_signal_handlers
 
 __all__ = ["fail", "main_flow", "setup_logging"]
 
@@ -49,4 +51,17 @@ def main_flow(name: str, default_site: Path) -> Dataflow:
         fail(e)
         raise  # unreachable
     install_signal_handlers()
+    atexit.register(_exit_status)
     return flow
+
+
+def _exit_status() -> None:
+    # A run that could not deliver everything must not exit 0 (it kept the data: the
+    # message says where).
+    failures = exit_failures()
+    if failures:
+        for msg in failures:
+            print(f"edgeflow: {msg}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(3)

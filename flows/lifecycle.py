@@ -14,6 +14,8 @@ import threading
 from types import FrameType
 
 __all__ = [
+    "exit_failures",
+    "fail_at_exit",
     "install_signal_handlers",
     "request_stop",
     "reset",
@@ -23,6 +25,7 @@ __all__ = [
 
 log = logging.getLogger("edgeflow")
 _stop = threading.Event()
+_failures: list[str] = []
 
 
 def request_stop() -> None:
@@ -41,8 +44,23 @@ def stop_event() -> threading.Event:
 
 
 def reset() -> None:
-    """Clear a stop request (for tests and embedded runs)."""
+    """Clear a stop request and recorded failures (for tests and embedded runs)."""
     _stop.clear()
+    _failures.clear()
+
+
+def fail_at_exit(message: str) -> None:
+    """Record that the run could not do everything (e.g. data left undelivered).
+
+    A flow started from the command line then exits non-zero with these messages (see
+    :func:`flows.entry.main_flow`); an embedded run can read :func:`exit_failures`.
+    """
+    _failures.append(message)
+
+
+def exit_failures() -> list[str]:
+    """Return what the run recorded with :func:`fail_at_exit`."""
+    return list(_failures)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

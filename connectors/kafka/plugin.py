@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 
 from connectors.kafka.config import KafkaInput, KafkaSinkConfig
-from connectors.kafka.sink import KafkaMessage, KafkaSink
+from connectors.kafka.sink import KafkaMessage, KafkaSink, SpoolSettings
 from connectors.kafka.source import KafkaPointsSource
 from flows.build import Build
 from flows.registry import register
 from flows.streams import rows_of
-from wire.points import CONTENT_TYPES, Encoding, encode_points, encode_row
+from wire.points import CONTENT_TYPES, Encoding, encode_messages, encode_row
 from wire.records import PointBatch
 
 __all__ = ["build_input", "build_sink"]
@@ -21,21 +23,29 @@ __all__ = ["build_input", "build_sink"]
 
 @register("input", "kafka", KafkaInput, emits=("raw", "dead_letters"), sample="input_sample.yaml")
 def build_input(cfg: KafkaInput, b: Build) -> None:
-    """Read point batches from the raw topic."""
+    """Read point batches from the raw topic, one Bytewax partition per Kafka partition."""
     b.input(cfg.id, KafkaPointsSource(cfg))
 
 
-def _point_messages(encoding: Encoding, batch: PointBatch) -> list[tuple[str, KafkaMessage]]:
-    # Stamp messages with the edge receive time: seek-by-time and skew checks use it.
-    return [("", (k, v, batch.received_ms or ts)) for k, v, ts in encode_points(batch, encoding)]
+def _point_messages(
+    encoding: Encoding, levels: int, max_points: int, batch: PointBatch
+) -> list[tuple[str, KafkaMessage]]:
+    # Keyed by shard: a shard's messages stay in one partition, in order. The message time is
+    # the edge receive time (seek-by-time and skew checks use it).
+    return [
+        (key, (key, value, batch.received_ms or ts))
+        for key, value, ts in encode_messages(
+            batch, encoding, shard_levels=levels, max_points=max_points
+        )
+    ]
 
 
 def _row_messages(stream: str, item: Any) -> list[tuple[str, KafkaMessage]]:
     out: list[tuple[str, KafkaMessage]] = []
     for row in rows_of(stream, item):
         ts = row.get("ts_ms", row.get("start_ms"))
-        key = row.get("path") or row.get("payload", {}).get("path") or stream
-        out.append(("", (str(key), encode_row(row), ts if isinstance(ts, int) else None)))
+        key = str(row.get("path") or row.get("payload", {}).get("path") or stream)
+        out.append((key, (key, encode_row(row), ts if isinstance(ts, int) else None)))
     return out
 
 
@@ -47,15 +57,19 @@ def _row_messages(stream: str, item: Any) -> list[tuple[str, KafkaMessage]]:
     sample="sink_sample.yaml",
 )
 def build_sink(cfg: KafkaSinkConfig, b: Build) -> None:
-    """One producer step per subscribed stream; points binary-encoded, other rows as JSON."""
+    """One spooled producer step per subscribed stream."""
+    ident = b.site.site
+    base = cfg.spool_dir or Path(os.environ.get("EDGEFLOW_SPOOL_DIR", "spool"))
+    spool_root = base / b.site.name / cfg.id
     for name, topic in cfg.topics.items():
         if not b.has(name):
             continue
         stream = b.stream(name, cfg.id)
         if name in ("raw", "points"):
-            msgs = op.flat_map(
-                f"{cfg.id}_{name}_enc", stream, partial(_point_messages, cfg.encoding)
+            encode = partial(
+                _point_messages, cfg.encoding, ident.shard_levels, cfg.max_points_per_message
             )
+            msgs = op.flat_map(f"{cfg.id}_{name}_enc", stream, encode)
             ctype = CONTENT_TYPES[cfg.encoding]
         else:
             msgs = op.flat_map(f"{cfg.id}_{name}_enc", stream, partial(_row_messages, name))
@@ -66,7 +80,17 @@ def build_sink(cfg: KafkaSinkConfig, b: Build) -> None:
             KafkaSink(
                 topic,
                 cfg.kafka,
+                SpoolSettings(
+                    spool_root / name,
+                    max_bytes=cfg.spool_max_bytes,
+                    max_age_s=cfg.spool_max_age_s,
+                    overflow=cfg.spool_overflow,
+                ),
+                sink_id=cfg.id,
+                path=f"{ident.enterprise}/{ident.site}/{cfg.id}",
                 content_type=ctype,
                 delivery_timeout_s=cfg.delivery_timeout_s,
+                close_timeout_s=cfg.close_timeout_s,
+                partitions=cfg.sink_partitions,
             ),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 import psycopg
@@ -30,11 +31,20 @@ class TimescaleSinkConfig(SinkModel):
     use_timescale: bool = True
     compress_after: str | None = Field(default=None, description="e.g. '7 days'")
     retain_for: str | None = Field(default=None, description="e.g. '90 days'")
-    max_buffer_rows: int = Field(default=1_000_000, gt=0)
-    overflow: Literal["block", "fail"] = "block"
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_backoff_s: float = Field(default=10.0, gt=0)
     close_timeout_s: float = Field(default=60.0, ge=0)
+    stall_after_s: float = Field(
+        default=10.0, gt=0, description="a write without answer this long is reported as a stall"
+    )
+    batch_rows: int = Field(default=5000, gt=0, description="rows per transaction")
+    spool_dir: Path | None = Field(
+        default=None,
+        description="default: $EDGEFLOW_SPOOL_DIR or ./spool, then <site name>/<sink id>",
+    )
+    spool_max_bytes: int = Field(default=10 * 1024**3, gt=0)
+    spool_max_age_s: float = Field(default=86_400.0, gt=0)
+    spool_overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
 
     @field_validator("dsn")
     @classmethod

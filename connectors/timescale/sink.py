@@ -1,4 +1,4 @@
-"""TimescaleDB / PostgreSQL sink (psycopg 3): COPY into staging, upsert on the natural key.
+"""TimescaleDB / PostgreSQL sink (psycopg 3): spooled, then COPY into staging and upsert.
 
 Tables (created on first use in ``schema``):
 
@@ -14,354 +14,295 @@ keys plus a time index. Rows are buffered in the sink partition; a batch is writ
 into a temporary staging table and ``INSERT ... ON CONFLICT DO UPDATE``, so re-emitted windows
 and replays after recovery overwrite instead of duplicating.
 
-Outages: when the database is unreachable the rows stay buffered (and in recovery snapshots)
-and the next write retries after an exponential backoff. ``max_buffer_rows`` bounds the
-buffer; when it is full the overflow policy decides: ``block`` (default) retries until the
-database is back, holding up the flow (backpressure, nothing lost); ``fail`` raises
-:class:`SinkError`.
+The worker never waits for the database: ``write_batch`` appends rows to a durable spool
+(:mod:`connectors._spool`, made durable at every epoch snapshot) and a writer thread moves them
+to the database in transactions, oldest first. A database that is down, stopped or hung
+(a full disk, a lock, SIGSTOP) only makes the spool grow, within its bounds; every other sink
+keeps its pace and the flow's results do not change. Errors are classified:
+
+- the connection failed, was lost or timed out: an outage; the rows stay spooled and the
+  writer reconnects (first at once, then backing off up to ``max_backoff_s``);
+- a write that has not returned for ``stall_after_s``: reported as a stall (the database
+  hangs), once; the writer waits for it, off the worker;
+- TimescaleDB's "tuple decompression limit exceeded" (a replay writing into compressed
+  chunks): the limit is lifted for the sink's own session and the batch is written again;
+- anything else the database refuses (a constraint, a type, SQLSTATE classes 22, 23, 53 and
+  54): the batch is split in halves until the offending rows are alone; they become dead
+  letters with the database's reason (through :mod:`flows.system`), the others are written.
+  Never retried forever.
+
+Every state change is one log line and one event. At the end of a bounded run the writer
+delivers what is left, up to ``close_timeout_s``; what it cannot is kept in the spool and the
+run exits non-zero saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from psycopg.types.json import Jsonb
+from psycopg.conninfo import conninfo_to_dict
 from typing_extensions import override
 
-from connectors.errors import SinkError
+from connectors._io import Backoff, Link
+from connectors._spool import Spool
 from connectors.timescale.config import TimescaleSinkConfig, reveal_dsn
-from wire.records import ms_to_datetime
+from connectors.timescale.schema import STREAM_TABLE, TABLES, ensure_schema, row_for
+from flows import system
+from flows.lifecycle import fail_at_exit
+from wire.records import DeadLetter, Event, now_ms
 
-__all__ = ["TABLES", "TimescaleSink", "row_for", "rows_of"]
+__all__ = ["TimescaleSink", "rows_of"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Table:
-    name: str
-    columns: tuple[tuple[str, str], ...]
-    key: tuple[str, ...]
-    time_column: str
-
-    @property
-    def names(self) -> list[str]:
-        return [c for c, _ in self.columns]
+_OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
+_DECOMPRESSION = "tuple decompression limit"
 
 
-TABLES: dict[str, _Table] = {
-    "points": _Table(
-        "points",
-        (
-            ("path", "text"),
-            ("ts", "timestamptz"),
-            ("value", "double precision"),
-            ("unit", "text"),
-            ("quality", "smallint"),
-        ),
-        ("path", "ts"),
-        "ts",
-    ),
-    "aggregates": _Table(
-        "aggregates",
-        (
-            ("path", "text"),
-            ("window_ms", "integer"),
-            ("start_ts", "timestamptz"),
-            ("unit", "text"),
-            ("count", "bigint"),
-            ("min", "double precision"),
-            ("max", "double precision"),
-            ("mean", "double precision"),
-            ("std", "double precision"),
-            ("sum", "double precision"),
-            ("first", "double precision"),
-            ("last", "double precision"),
-            ("twa", "double precision"),
-            ("energy", "double precision"),
-            ("energy_unit", "text"),
-            ("closed_by", "text"),
-        ),
-        ("path", "window_ms", "start_ts"),
-        "start_ts",
-    ),
-    "events": _Table(
-        "events",
-        (
-            ("kind", "text"),
-            ("rule", "text"),
-            ("path", "text"),
-            ("ts", "timestamptz"),
-            ("severity", "text"),
-            ("state", "text"),
-            ("message", "text"),
-            ("details", "jsonb"),
-        ),
-        ("kind", "rule", "path", "ts"),
-        "ts",
-    ),
-    "kpis": _Table(
-        "kpis",
-        (
-            ("path", "text"),
-            ("name", "text"),
-            ("window_ms", "integer"),
-            ("start_ts", "timestamptz"),
-            ("value", "double precision"),
-            ("unit", "text"),
-            ("details", "jsonb"),
-        ),
-        ("path", "name", "window_ms", "start_ts"),
-        "start_ts",
-    ),
-}
-STREAM_TABLE = {
-    "raw": "points",
-    "points": "points",
-    "aggregates": "aggregates",
-    "events": "events",
-    "kpis": "kpis",
-}
+class _Writer(threading.Thread):
+    """Moves spooled rows into the database; never raises into the flow."""
 
-
-def row_for(table: str, d: dict[str, Any]) -> tuple[Any, ...]:
-    """Turn a stream row (``flows.streams.rows_of`` form) into a table row tuple."""
-    if table == "points":
-        return (
-            d["path"],
-            ms_to_datetime(d["ts_ms"]),
-            float(d["value"]),
-            d.get("unit", ""),
-            {"GOOD": 0, "UNCERTAIN": 1, "BAD": 2}[d.get("quality", "GOOD")],
-        )
-    if table == "aggregates":
-        return (
-            d["path"],
-            d["window_ms"],
-            ms_to_datetime(d["start_ms"]),
-            d["unit"],
-            d["count"],
-            d["min"],
-            d["max"],
-            d["mean"],
-            d["std"],
-            d["sum"],
-            d["first"],
-            d["last"],
-            d["twa"],
-            d["energy"],
-            d["energy_unit"],
-            d["closed_by"],
-        )
-    if table == "events":
-        return (
-            d["kind"],
-            d["rule"],
-            d["path"],
-            ms_to_datetime(d["ts_ms"]),
-            d["severity"],
-            d["state"],
-            d["message"],
-            Jsonb(d["details"]),
-        )
-    return (
-        d["path"],
-        d["name"],
-        d["window_ms"],
-        ms_to_datetime(d["start_ms"]),
-        d["value"],
-        d["unit"],
-        Jsonb(d["details"]),
-    )
-
-
-class _Partition(
-    StatefulSinkPartition[tuple[str, dict[str, Any]], list[tuple[str, tuple[Any, ...]]]]
-):
-    def __init__(self, sink: TimescaleSink, resume: list[tuple[str, tuple[Any, ...]]] | None):
-        self.sink = sink
-        self.buffer: list[tuple[str, tuple[Any, ...]]] = list(resume or [])
+    def __init__(self, part: _Partition) -> None:
+        super().__init__(name=f"edgeflow-db-{part.sink.cfg.id}", daemon=True)
+        self.part, self.sink, self.cfg = part, part.sink, part.sink.cfg
+        self.spool = part.spool
+        self.stop = threading.Event()
+        self.draining = threading.Event()
         self.conn: psycopg.Connection[Any] | None = None
         self.schema_ready = False
         self.timescale = False
-        self.failures = 0
-        self.retry_at = 0.0
         self.written = 0
-        self._wait = threading.Event()
+        self.busy_since: float | None = None
+        self.link = Link(self.cfg.id, _where(self.cfg), part.path, system.post)
+        self._watch = threading.Thread(target=self._watchdog, daemon=True)
 
     # -- connection and schema ---------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(
-                reveal_dsn(self.sink.cfg.dsn),
-                connect_timeout=max(1, int(self.sink.cfg.connect_timeout_s)),
-                autocommit=False,
+                reveal_dsn(self.cfg.dsn),
+                connect_timeout=max(1, int(self.cfg.connect_timeout_s)),
+                # Statements outside a `with conn.transaction()` block commit at once: no
+                # implicit transaction is ever left open around the writes.
+                autocommit=True,
             )
             self.schema_ready = False
         if not self.schema_ready:
-            self._ensure_schema(self.conn)
+            self.timescale = ensure_schema(self.conn, self.cfg)
             self.schema_ready = True
         return self.conn
 
-    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
-        s = self.sink.schema
-        with conn.transaction():
-            conn.execute(f'create schema if not exists "{s}"')
-            available = conn.execute(
-                "select 1 from pg_available_extensions where name = 'timescaledb'"
-            ).fetchone()
-            if available and self.sink.cfg.use_timescale:
-                conn.execute("create extension if not exists timescaledb")
-                self.timescale = True
-            for t in TABLES.values():
-                cols = ", ".join(f'"{c}" {typ}' for c, typ in t.columns)
-                key = ", ".join(f'"{k}"' for k in t.key)
-                conn.execute(
-                    f'create table if not exists "{s}"."{t.name}" ({cols}, primary key ({key}))'
-                )
-                if self.timescale:
-                    conn.execute(
-                        "select create_hypertable(%s, %s, if_not_exists => true, "
-                        "migrate_data => true)",
-                        (f'"{s}"."{t.name}"', t.time_column),
-                    )
-                    if self.sink.cfg.compress_after is not None:
-                        conn.execute(
-                            f'alter table "{s}"."{t.name}" set (timescaledb.compress, '
-                            f"timescaledb.compress_segmentby = 'path')"
-                        )
-                        conn.execute(
-                            "select add_compression_policy(%s, %s::interval, "
-                            "if_not_exists => true)",
-                            (f'"{s}"."{t.name}"', self.sink.cfg.compress_after),
-                        )
-                    if self.sink.cfg.retain_for is not None:
-                        conn.execute(
-                            "select add_retention_policy(%s, %s::interval, if_not_exists => true)",
-                            (f'"{s}"."{t.name}"', self.sink.cfg.retain_for),
-                        )
-                else:
-                    conn.execute(
-                        f'create index if not exists "{t.name}_time_idx" on '
-                        f'"{s}"."{t.name}" ("{t.time_column}")'
-                    )
-            for label, ms in (("1m", 60_000), ("15m", 900_000)):
-                conn.execute(
-                    f'create or replace view "{s}"."aggregates_{label}" as select * '
-                    f'from "{s}"."aggregates" where window_ms = {ms}'
-                )
-        log.info(
-            "timescaledb sink: schema %s ready (%s)",
-            s,
-            "hypertables" if self.timescale else "plain PostgreSQL tables",
-        )
+    def _disconnect(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     # -- writing -----------------------------------------------------------------------
     def _write(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
         conn = self._connect()
-        s = self.sink.schema
+        s = self.cfg.db_schema
         by_table: dict[str, list[tuple[Any, ...]]] = {}
         for table, row in rows:
             by_table.setdefault(table, []).append(row)
-        with conn.transaction():
-            for name, trows in by_table.items():
-                t = TABLES[name]
-                cols = ", ".join(f'"{c}"' for c in t.names)
-                stage = f"stage_{name}"
-                conn.execute(
-                    f'create temporary table if not exists "{stage}" (like "{s}"."{name}" '
-                    "including defaults) on commit delete rows"
-                )
-                # A window or event may appear twice in one batch (re-emission): keep the last.
-                dedup = {tuple(r[t.names.index(k)] for k in t.key): r for r in trows}
-                with conn.cursor().copy(f'copy "{stage}" ({cols}) from stdin') as cp:
-                    for r in dedup.values():
-                        cp.write_row(r)
-                updates = ", ".join(f'"{c}" = excluded."{c}"' for c in t.names if c not in t.key)
-                key = ", ".join(f'"{k}"' for k in t.key)
-                conn.execute(
-                    f'insert into "{s}"."{name}" ({cols}) select {cols} from "{stage}" '
-                    f"on conflict ({key}) do update set {updates}"
-                )
+        self.busy_since = time.monotonic()
+        try:
+            with conn.transaction():
+                for name, trows in by_table.items():
+                    t = TABLES[name]
+                    cols = ", ".join(f'"{c}"' for c in t.names)
+                    stage = f"stage_{name}"
+                    conn.execute(
+                        f'create temporary table if not exists "{stage}" (like "{s}"."{name}" '
+                        "including defaults) on commit delete rows"
+                    )
+                    # A window or event may appear twice in one batch (re-emission): keep
+                    # the last.
+                    dedup = {tuple(r[t.names.index(k)] for k in t.key): r for r in trows}
+                    with conn.cursor().copy(f'copy "{stage}" ({cols}) from stdin') as cp:
+                        for r in dedup.values():
+                            cp.write_row(r)
+                    updates = ", ".join(
+                        f'"{c}" = excluded."{c}"' for c in t.names if c not in t.key
+                    )
+                    key = ", ".join(f'"{k}"' for k in t.key)
+                    conn.execute(
+                        f'insert into "{s}"."{name}" ({cols}) select {cols} from "{stage}" '
+                        f"on conflict ({key}) do update set {updates}"
+                    )
+        finally:
+            self.busy_since = None
         self.written += len(rows)
 
-    def _try_flush(self) -> bool:
-        if not self.buffer:
-            return True
-        if time.monotonic() < self.retry_at:
-            return False
-        rows, self.buffer = self.buffer, []
+    def _write_or_isolate(self, rows: list[tuple[str, tuple[Any, ...]]], raw: list[Any]) -> None:
+        """Write rows; rows the database refuses become dead letters, the others are written."""
         try:
             self._write(rows)
-        except psycopg.OperationalError as e:
-            self.buffer = rows + self.buffer
-            self.failures += 1
-            backoff = min(self.sink.cfg.max_backoff_s, 0.5 * 2 ** min(self.failures, 10))
-            self.retry_at = time.monotonic() + backoff
-            if self.conn is not None:
-                self.conn.close()
-            log.warning(
-                "timescaledb sink: database unavailable (%s); %d rows buffered, retry in %.1f s",
-                str(e).strip().splitlines()[0],
-                len(self.buffer),
-                backoff,
+        except _OUTAGE:
+            raise
+        except psycopg.Error as e:
+            if _DECOMPRESSION in str(e) and self.conn is not None:
+                # A replay writing into compressed chunks: lift the limit for this session.
+                self.conn.execute("set timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
+                log.warning("timescaledb sink: lifted the decompression limit for its session")
+                self._write(rows)
+                return
+            if len(rows) == 1:
+                why = str(e).strip().splitlines()[0]
+                state = getattr(e, "sqlstate", None) or "?"
+                system.post(
+                    DeadLetter(
+                        self.cfg.id,
+                        f"refused by the database (SQLSTATE {state}): {why}",
+                        raw[0],
+                        source=self.cfg.id,
+                    )
+                )
+                return
+            mid = len(rows) // 2
+            self._write_or_isolate(rows[:mid], raw[:mid])
+            self._write_or_isolate(rows[mid:], raw[mid:])
+
+    def _watchdog(self) -> None:
+        while not self.stop.wait(1.0):
+            since = self.busy_since
+            if since is not None and time.monotonic() - since > self.cfg.stall_after_s:
+                self.link.down(
+                    f"a write has had no answer for {time.monotonic() - since:.0f} s (hung?); "
+                    f"{self.spool.pending()} rows spooled"
+                )
+
+    def run(self) -> None:
+        self._watch.start()
+        backoff = Backoff(max_s=self.cfg.max_backoff_s)
+        saved = 0.0
+        while not self.stop.is_set():
+            records = self.spool.read(self.spool.acked, self.cfg.batch_rows)
+            if not records:
+                if self.draining.is_set():
+                    return
+                self.stop.wait(0.05)
+                continue
+            raw = [pickle.loads(r.data) for r in records]
+            rows = [(STREAM_TABLE[st], row_for(STREAM_TABLE[st], d)) for st, d in raw]
+            try:
+                self._write_or_isolate(rows, [d for _, d in raw])
+            except _OUTAGE as e:
+                self.link.down(
+                    str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                )
+                self._disconnect()
+                self.stop.wait(backoff.next_delay())
+                continue
+            except Exception as e:  # a bug must not stop the writer silently
+                log.exception("timescaledb sink: unexpected failure")
+                self.link.down(f"{type(e).__name__}: {e}")
+                self._disconnect()
+                self.stop.wait(backoff.next_delay())
+                continue
+            self.spool.ack(records[-1].seq)
+            if time.monotonic() - saved > 1.0:  # what is written is not written again
+                self.spool.save_meta()
+                saved = time.monotonic()
+            self.link.up("tables: " + ("hypertables" if self.timescale else "plain PostgreSQL"))
+            backoff.reset()
+
+
+def _where(cfg: TimescaleSinkConfig) -> str:
+    info = conninfo_to_dict(cfg.dsn.get_secret_value())
+    host, port = info.get("host", "localhost"), info.get("port", 5432)
+    return f"postgresql://{host}:{port}/{info.get('dbname', '')}"
+
+
+class _Partition(StatefulSinkPartition[tuple[str, dict[str, Any]], dict[str, int]]):
+    def __init__(self, sink: TimescaleSink, resume: dict[str, int] | None) -> None:
+        self.sink = sink
+        cfg = sink.cfg
+        self.path = sink.path
+        self.spool = Spool(
+            sink.spool_dir,
+            max_bytes=cfg.spool_max_bytes,
+            max_age_s=cfg.spool_max_age_s,
+            overflow=cfg.spool_overflow,
+            on_overflow=self._overflow,
+        )
+        if isinstance(resume, dict):
+            # Rows spooled after the snapshot are written again by the replay (upserts).
+            self.spool.truncate(resume["seq"])
+        self.writer = _Writer(self)
+        self.writer.start()
+
+    def _overflow(self, count: int, why: str) -> None:
+        system.post(
+            Event(
+                kind="spool",
+                rule=self.sink.cfg.id,
+                path=self.path,
+                ts_ms=now_ms(),
+                severity="major",
+                state="overflow",
+                message=f"database spool: {count} rows dropped ({why})",
+                details={"dropped": count, "policy": self.sink.cfg.spool_overflow},
             )
-            return False
-        if self.failures:
-            log.info("timescaledb sink: database back after %d failed attempts", self.failures)
-        self.failures = 0
-        return True
+        )
+
+    @property
+    def written(self) -> int:
+        """Rows written to the database so far (by this process)."""
+        return self.writer.written
 
     @override
     def write_batch(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         for stream, d in items:
             if d.get("transient"):
                 continue  # Sparkplug is_transient: of interest live, never historised
-            table = STREAM_TABLE[stream]
-            self.buffer.append((table, row_for(table, d)))
-        if self._try_flush():
-            return
-        while len(self.buffer) > self.sink.cfg.max_buffer_rows:
-            if self.sink.cfg.overflow == "fail":
-                msg = (
-                    f"timescaledb sink buffer full ({len(self.buffer)} rows > "
-                    f"{self.sink.cfg.max_buffer_rows}) and the database is unreachable"
-                )
-                raise SinkError(msg)
-            # overflow == "block": hold the flow until the database takes the rows.
-            self._wait.wait(max(0.0, self.retry_at - time.monotonic()))
-            self._try_flush()
+            self.spool.append(pickle.dumps((stream, d), protocol=pickle.HIGHEST_PROTOCOL), 0)
+        self.spool.flush()
 
     @override
-    def snapshot(self) -> list[tuple[str, tuple[Any, ...]]]:
-        return list(self.buffer)
+    def snapshot(self) -> dict[str, int]:
+        return {"seq": self.spool.sync()}
 
     @override
     def close(self) -> None:
-        deadline = time.monotonic() + self.sink.cfg.close_timeout_s
-        while self.buffer and time.monotonic() < deadline:
-            if not self._try_flush():
-                self._wait.wait(max(0.05, min(1.0, self.retry_at - time.monotonic())))
-        if self.buffer:
-            log.error("timescaledb sink: closing with %d rows not written", len(self.buffer))
-        if self.conn is not None:
-            self.conn.close()
+        self.spool.sync()
+        w = self.writer
+        w.draining.set()
+        w.join(self.sink.cfg.close_timeout_s)
+        w.stop.set()
+        w.join(2.0)
+        left = self.spool.pending()
+        self.spool.save_meta()
+        self.spool.close()
+        w._disconnect()
+        if left:
+            msg = (
+                f"{left} rows for the database were not written within "
+                f"{self.sink.cfg.close_timeout_s:g} s; they are kept in {self.spool.dir} and "
+                "written by the next run"
+            )
+            log.error("timescaledb sink: %s", msg)
+            fail_at_exit(msg)
 
 
 @dataclass(frozen=True)
-class TimescaleSink(
-    FixedPartitionedSink[tuple[str, dict[str, Any]], list[tuple[str, tuple[Any, ...]]]]
-):
+class TimescaleSink(FixedPartitionedSink[tuple[str, dict[str, Any]], dict[str, int]]):
     """Write ``(stream, row)`` items to PostgreSQL/TimescaleDB; see the module docs."""
 
     cfg: TimescaleSinkConfig
+    spool_dir: Path
+    path: str = ""
 
     @property
     def schema(self) -> str:
@@ -378,7 +319,7 @@ class TimescaleSink(
 
     @override
     def build_part(
-        self, step_id: str, for_part: str, resume_state: list[tuple[str, tuple[Any, ...]]] | None
+        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
     ) -> _Partition:
         return _Partition(self, resume_state)
 

@@ -13,7 +13,7 @@ import pytest
 from bytewax.testing import run_main
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.errors import SinkError, SourceError
+from connectors.errors import SourceError
 from connectors.kafka.config import KafkaConnection, KafkaInput
 from connectors.kafka.sink import KafkaSink
 from connectors.kafka.source import KafkaPointsSource
@@ -212,16 +212,50 @@ def test_source_reports_a_missing_topic(endpoints):
         src.list_parts()
 
 
-def test_sink_fails_loudly_when_delivery_cannot_be_confirmed():
+def test_a_broker_that_is_down_makes_the_sink_spool_and_the_next_run_delivers(
+    endpoints, tmp_path
+):
+    """Store-and-forward: nothing raises while the broker is away; what is left at the end
+    is kept (the run reports it and would exit non-zero) and delivered by the next run."""
+    from confluent_kafka import Consumer
+
+    from connectors.kafka.sink import SpoolSettings
+    from flows import lifecycle
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    conn = KafkaConnection(bootstrap_servers=f"127.0.0.1:{port}")
-    part = KafkaSink("t", conn, delivery_timeout_s=2).build_part("s", "p", None)
-    part.write_batch([("k", b"v", None)])
-    # The epoch snapshot waits for the broker's acknowledgement: none can come.
-    with pytest.raises(SinkError, match="failed"):
-        part.snapshot()
+    topic = f"edgeflow.test.{uuid.uuid4().hex[:8]}.spool"
+    _topics(endpoints.kafka_bootstrap, topic, partitions=1)
+    spool = SpoolSettings(tmp_path / "spool")
+    down = KafkaConnection(bootstrap_servers=f"127.0.0.1:{port}")
+    lifecycle.reset()
+    part = KafkaSink(topic, down, spool, delivery_timeout_s=2, close_timeout_s=1).build_part(
+        "s", "0", None
+    )
+    part.write_batch([("k", f"v{i}".encode(), None) for i in range(5)])
+    part.snapshot()  # no exception: the messages are durable in the spool
+    part.close()
+    (failure,) = lifecycle.exit_failures()
+    assert f"5 messages for Kafka topic {topic} were not delivered" in failure
+    assert str(tmp_path / "spool") in failure
+    lifecycle.reset()
+
+    up = KafkaConnection(bootstrap_servers=endpoints.kafka_bootstrap)
+    part = KafkaSink(topic, up, spool, delivery_timeout_s=10).build_part("s", "0", None)
+    part.close()  # delivers what the earlier run left
+    assert lifecycle.exit_failures() == []
+    c = Consumer({"bootstrap.servers": endpoints.kafka_bootstrap, "group.id": uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 5 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append(m.value())
+    c.close()
+    assert got == [f"v{i}".encode() for i in range(5)]
 
 
 def test_undecodable_messages_become_dead_letters(endpoints, tmp_path):

@@ -53,8 +53,13 @@ def snapshot_tables(dsn: str, schema: str) -> dict[str, set]:
                     f'twa, energy from "{schema}".aggregates'
                 )
             ),
+            # Connection-state events say when things happened on the wall clock: a run with
+            # a fault has more of them by design. The data's events must be identical.
             "events": set(
-                conn.execute(f'select kind, rule, path, ts, state, message from "{schema}".events')
+                conn.execute(
+                    f"select kind, rule, path, ts, state, message from \"{schema}\".events "
+                    "where kind not in ('source', 'spool')"
+                )
             ),
             "kpis": set(
                 conn.execute(f'select path, name, window_ms, start_ts, value from "{schema}".kpis')
@@ -161,7 +166,9 @@ def test_postgres_down_for_30_s_loses_nothing(endpoints, tmp_path):
         subprocess.run(["bash", str(INFRA / "start.sh"), "postgres"], check=True)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
-    assert "database unavailable" in err and "database back" in err
+    # One line when the database went away and one when it came back, not one per attempt.
+    assert err.count("timescaledb: connected to postgresql://127.0.0.1:15432/") == 1
+    assert err.count(" is down: ") == 1 and err.count(" is back after ") == 1
     try:
         got = snapshot_tables(endpoints.pg_dsn, schema)
         assert len(got["points"]) == 3600 * 29

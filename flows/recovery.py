@@ -1,0 +1,61 @@
+"""What the running flow's recovery store has committed (for exactly-once delivery).
+
+Bytewax resumes a flow from the smallest frontier its workers wrote to the recovery store:
+every epoch before it is committed (its snapshots are durable) and is never replayed. A sink
+that delivers an epoch's output only once that epoch is committed never delivers anything a
+replay after ``kill -9`` would produce again. Bytewax does not tell sinks this frontier; it is
+read (read-only) from the store's SQLite files, whose directory comes from the command line
+(``-r DIR``) or ``EDGEFLOW_RECOVERY_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+__all__ = ["committed_frontier", "recovery_dir"]
+
+
+def recovery_dir(argv: list[str] | None = None) -> Path | None:
+    """Return the recovery directory this process runs with (None: no recovery)."""
+    env = os.environ.get("EDGEFLOW_RECOVERY_DIR")
+    if env:
+        return Path(env)
+    args = sys.argv if argv is None else argv
+    for i, a in enumerate(args):
+        if a in ("-r", "--recovery-directory") and i + 1 < len(args):
+            return Path(args[i + 1])
+        if a.startswith("--recovery-directory="):
+            return Path(a.split("=", 1)[1])
+    return None
+
+
+def committed_frontier(directory: Path) -> int | None:
+    """Return the epoch the flow would resume from: every earlier epoch is committed.
+
+    None when the store cannot be read (yet): callers then wait.
+    """
+    rows: list[tuple[int, int, int]] = []
+    exs: list[tuple[int, int, int]] = []
+    for path in sorted(directory.glob("*.sqlite3")):
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+            try:
+                rows += conn.execute(
+                    "SELECT ex_num, worker_index, worker_frontier FROM fronts"
+                ).fetchall()
+                exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return None
+    if not exs:
+        return None
+    ex, workers, resume = max(exs)
+    best: dict[int, int] = {}
+    for e, w, f in rows:
+        if e == ex:
+            best[w] = max(best.get(w, resume), f)
+    return min(best.get(w, resume) for w in range(workers))
