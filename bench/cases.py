@@ -374,7 +374,7 @@ def _fill_topic(data: BenchData, batch_s: int) -> tuple[str, int]:
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from wire.points import encode_points
+    from wire.points import encode_messages
 
     topic = f"edgeflow.bench.{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": _bootstrap()})
@@ -393,7 +393,7 @@ def _fill_topic(data: BenchData, batch_s: int) -> tuple[str, int]:
         group.append(b)
         if len(group) * data.batch_ms >= batch_s * 1000:
             merged = PointBatch.concat(group).with_meta(source="bench", received_ms=b.received_ms)
-            for key, value, _ in encode_points(merged):
+            for key, value, _ in encode_messages(merged):
                 while True:
                     try:
                         producer.produce(
@@ -499,7 +499,7 @@ def postgres_sink(data: BenchData) -> dict[str, Any]:
     import psycopg
 
     from connectors.timescale.config import TimescaleSinkConfig
-    from connectors.timescale.sink import TimescaleSink
+    from connectors.timescale.sink import spooled
 
     dsn = os.environ.get(
         "EDGEFLOW_PG_DSN", "postgresql://edgeflow:edgeflow@127.0.0.1:15432/edgeflow"
@@ -510,13 +510,13 @@ def postgres_sink(data: BenchData) -> dict[str, Any]:
 
     cfg = TimescaleSinkConfig(type="timescaledb", dsn=dsn, schema=schema)
     spool = Path(tempfile.mkdtemp(prefix="edgeflow-bench-spool-"))
-    part = TimescaleSink(cfg, spool).build_part("s", "timescaledb", None)
+    step = spooled(cfg, spool)
     items = [("aggregates", r) for r in rows]
     # Measured from the first row spooled to the last one committed in the database.
     t0 = time.perf_counter()
     for i in range(0, len(items), 5000):
-        part.write_batch(items[i : i + 5000])
-    part.close()
+        step.on_batch(items[i : i + 5000])
+    step.on_eof()
     dt = time.perf_counter() - t0
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'drop schema "{schema}" cascade')

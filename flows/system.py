@@ -1,7 +1,7 @@
 """The flow's own events: what components report from their threads, on the flow's streams.
 
-A sink's delivery thread (a database that went away, a spool that overflowed) cannot add to a
-stream: the dataflow runs one way. It calls :func:`post` instead; an internal input of every
+An input's I/O thread (a device that went away) or the Kafka sink's delivery thread cannot add
+to a stream: the dataflow runs one way. It calls :func:`post` instead; an internal input of every
 flow (:class:`SystemSource`, step ``_system``) drains what was posted into the ``events`` and
 ``dead_letters`` streams, so local sinks (console, files, a local MQTT broker) show them.
 

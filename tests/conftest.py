@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import socket
+import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -15,6 +16,17 @@ from typing import Any
 import pytest
 
 INFRA_DIR = Path(os.environ.get("EDGEFLOW_INFRA_DIR", "/var/tmp/edgeflow-infra"))
+
+# Spools of sinks built by tests never land in the checkout (nor leak into another test):
+# module-scoped fixtures share this one; each test gets its own (see _own_spool_dir).
+os.environ["EDGEFLOW_SPOOL_DIR"] = tempfile.mkdtemp(prefix="edgeflow-test-spool-")
+
+
+@pytest.fixture(autouse=True)
+def _own_spool_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEFLOW_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
 
 
 def infra_secrets() -> dict[str, str]:

@@ -6,12 +6,13 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from connectors._spool_options import SpoolOptions
 from flows.registry import SinkModel
 
 __all__ = ["InfluxSinkConfig"]
 
 
-class InfluxSinkConfig(SinkModel):
+class InfluxSinkConfig(SinkModel, SpoolOptions):
     """InfluxDB line protocol over HTTP (v1 /write or v2 /api/v2/write)."""
 
     type: Literal["influxdb"]
@@ -31,7 +32,9 @@ class InfluxSinkConfig(SinkModel):
         "kpis",
     )
     timeout_s: float = Field(default=10.0, gt=0)
-    retry_timeout_s: float = Field(default=60.0, gt=0)
+    retry_timeout_s: float = Field(
+        default=10.0, gt=0, description="retry one request this long before backing off"
+    )
     max_lines: int = Field(default=5000, gt=0)
 
     @model_validator(mode="after")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from connectors._spool_options import SpoolOptions
 from flows.logs import reveal
 from flows.registry import InputModel, SinkModel, StreamName
 from wire.records import ms_to_datetime
@@ -82,7 +82,7 @@ class KafkaInput(InputModel):
         return v
 
 
-class KafkaSinkConfig(SinkModel):
+class KafkaSinkConfig(SinkModel, SpoolOptions):
     """Streams to Kafka topics through a durable local spool (store-and-forward).
 
     Point streams are one message per shard and batch (key: the shard, so a shard stays in one
@@ -102,17 +102,7 @@ class KafkaSinkConfig(SinkModel):
     )
     encoding: Literal["binary", "json"] = "binary"
     delivery_timeout_s: float = Field(default=30.0, gt=0)
-    close_timeout_s: float = Field(
-        default=30.0, ge=0, description="at the end of a run, how long to deliver what is left"
-    )
     max_points_per_message: int = Field(default=20_000, gt=0, le=1_000_000)
-    spool_dir: Path | None = Field(
-        default=None,
-        description="default: $EDGEFLOW_SPOOL_DIR or ./spool, then <site name>/<sink id>",
-    )
-    spool_max_bytes: int = Field(default=10 * 1024**3, gt=0, description="10 GiB")
-    spool_max_age_s: float = Field(default=86_400.0, gt=0, description="24 h of outage")
-    spool_overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     sink_partitions: int = Field(
         default=1, ge=1, le=64, description="parallel spools/producers (keys are split by hash)"
     )

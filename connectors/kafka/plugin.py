@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 
+from connectors._spool_options import spool_home
 from connectors.kafka.config import KafkaInput, KafkaSinkConfig
 from connectors.kafka.sink import KafkaMessage, KafkaSink, SpoolSettings
 from connectors.kafka.source import KafkaPointsSource
@@ -59,8 +58,7 @@ def _row_messages(stream: str, item: Any) -> list[tuple[str, KafkaMessage]]:
 def build_sink(cfg: KafkaSinkConfig, b: Build) -> None:
     """One spooled producer step per subscribed stream."""
     ident = b.site.site
-    base = cfg.spool_dir or Path(os.environ.get("EDGEFLOW_SPOOL_DIR", "spool"))
-    spool_root = base / b.site.name / cfg.id
+    spool_root, path = spool_home(b.site, cfg)
     for name, topic in cfg.topics.items():
         if not b.has(name):
             continue
@@ -87,7 +85,7 @@ def build_sink(cfg: KafkaSinkConfig, b: Build) -> None:
                     overflow=cfg.spool_overflow,
                 ),
                 sink_id=cfg.id,
-                path=f"{ident.enterprise}/{ident.site}/{cfg.id}",
+                path=path,
                 content_type=ctype,
                 delivery_timeout_s=cfg.delivery_timeout_s,
                 close_timeout_s=cfg.close_timeout_s,

@@ -101,11 +101,16 @@ class _Delivery(threading.Thread):
         self.transactional = self.recovery is not None
         self.delivered = 0
         self.errors: list[str] = []
+        self.auth_error = ""
 
     # -- producer --------------------------------------------------------------------------
     def _error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) or err.fatal():
+        if err.code() == KafkaError._AUTHENTICATION:
+            # The most useful reason there is; a later "transport failure" must not hide it.
+            self.auth_error = err.str()
             self.link.down(err.str())
+        elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) or err.fatal():
+            self.link.down(self.auth_error or err.str())
 
     def _producer(self) -> Producer:
         sink = self.sink
@@ -143,6 +148,7 @@ class _Delivery(threading.Thread):
             "group.id": f"edgeflow-spool-scan-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            "error_cb": self._error,
             "log_level": 0,
         }
         c = Consumer(conf)
@@ -211,10 +217,11 @@ class _Delivery(threading.Thread):
                 self.spool.ack(records[-1].seq)
                 self.spool.save_meta(offsets={str(k): v for k, v in self.part.offsets.items()})
                 self.delivered += len(records)
+                self.auth_error = ""
                 self.link.up()
                 backoff.reset()
             except (KafkaException, BufferError, RuntimeError) as e:
-                self.link.down(str(e.args[0] if e.args else e))
+                self.link.down(self.auth_error or str(e.args[0] if e.args else e))
                 self._reset()
                 self.stop.wait(backoff.next_delay())
 

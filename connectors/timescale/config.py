@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, field_validator
 
+from connectors._spool_options import SpoolOptions
 from flows.logs import reveal
 from flows.registry import SinkModel
 
 __all__ = ["TimescaleSinkConfig", "mask_dsn", "reveal_dsn"]
 
 
-class TimescaleSinkConfig(SinkModel):
+class TimescaleSinkConfig(SinkModel, SpoolOptions):
     """PostgreSQL / TimescaleDB tables with upserts on the natural keys."""
 
     type: Literal["timescaledb"]
@@ -38,13 +38,6 @@ class TimescaleSinkConfig(SinkModel):
         default=10.0, gt=0, description="a write without answer this long is reported as a stall"
     )
     batch_rows: int = Field(default=5000, gt=0, description="rows per transaction")
-    spool_dir: Path | None = Field(
-        default=None,
-        description="default: $EDGEFLOW_SPOOL_DIR or ./spool, then <site name>/<sink id>",
-    )
-    spool_max_bytes: int = Field(default=10 * 1024**3, gt=0)
-    spool_max_age_s: float = Field(default=86_400.0, gt=0)
-    spool_overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
 
     @field_validator("dsn")
     @classmethod

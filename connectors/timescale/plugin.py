@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from functools import partial
 
-import bytewax.operators as op
-
+from connectors._spool_options import spool_home
+from connectors._spooled import spooled_output
 from connectors.timescale.config import TimescaleSinkConfig
-from connectors.timescale.sink import TimescaleSink
+from connectors.timescale.sink import spooled
 from flows.build import Build
 from flows.registry import register
 
 __all__ = ["build"]
 
 
-@register("sink", "timescaledb", TimescaleSinkConfig, sample="sample.yaml")
+@register(
+    "sink",
+    "timescaledb",
+    TimescaleSinkConfig,
+    emits=("dead_letters", "events"),
+    sample="sample.yaml",
+)
 def build(cfg: TimescaleSinkConfig, b: Build) -> None:
     """Spool the subscribed streams' rows; a writer thread upserts them into their tables."""
     rows = b.tagged_rows(cfg.streams, cfg.id)
     if rows is None:
         return
-    base = cfg.spool_dir or Path(os.environ.get("EDGEFLOW_SPOOL_DIR", "spool"))
-    ident = b.site.site
-    sink = TimescaleSink(
-        cfg, base / b.site.name / cfg.id, f"{ident.enterprise}/{ident.site}/{cfg.id}"
-    )
-    op.output(cfg.id, op.key_on(f"{cfg.id}_key", rows, _one_key), sink)
-
-
-def _one_key(_: object) -> str:
-    return "db"
+    home, path = spool_home(b.site, cfg)
+    spooled_output(b, cfg.id, rows, partial(spooled, cfg, home / cfg.db_schema, path))

@@ -10,13 +10,13 @@ Tables (created on first use in ``schema``):
 
 With the ``timescaledb`` extension available they become hypertables, with compression and
 retention policies when configured; on plain PostgreSQL they are ordinary tables with the same
-keys plus a time index. Rows are buffered in the sink partition; a batch is written with COPY
+keys plus a time index. A batch of spooled rows is written with COPY
 into a temporary staging table and ``INSERT ... ON CONFLICT DO UPDATE``, so re-emitted windows
 and replays after recovery overwrite instead of duplicating.
 
-The worker never waits for the database: ``write_batch`` appends rows to a durable spool
-(:mod:`connectors._spool`, made durable at every epoch snapshot) and a writer thread moves them
-to the database in transactions, oldest first. A database that is down, stopped or hung
+The worker never waits for the database: the sink's step appends rows to a durable spool
+(:mod:`connectors._spooled`, made durable at every epoch snapshot) and a writer thread moves
+them to the database in transactions, oldest first. A database that is down, stopped or hung
 (a full disk, a lock, SIGSTOP) only makes the spool grow, within its bounds; every other sink
 keeps its pace and the flow's results do not change. Errors are classified:
 
@@ -28,7 +28,7 @@ keeps its pace and the flow's results do not change. Errors are classified:
   chunks): the limit is lifted for the sink's own session and the batch is written again;
 - anything else the database refuses (a constraint, a type, SQLSTATE classes 22, 23, 53 and
   54): the batch is split in halves until the offending rows are alone; they become dead
-  letters with the database's reason (through :mod:`flows.system`), the others are written.
+  letters with the database's reason (the step emits them), the others are written.
   Never retried forever.
 
 Every state change is one log line and one event. At the end of a bounded run the writer
@@ -40,52 +40,47 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
-import threading
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from psycopg.conninfo import conninfo_to_dict
 from typing_extensions import override
 
-from connectors._io import Backoff, Link
 from connectors._spool import Spool
+from connectors._spooled import Outage, Report, Spooled, SpoolSettings, Writer
 from connectors.timescale.config import TimescaleSinkConfig, reveal_dsn
 from connectors.timescale.schema import STREAM_TABLE, TABLES, ensure_schema, row_for
-from flows import system
-from flows.lifecycle import fail_at_exit
-from wire.records import DeadLetter, Event, now_ms
+from wire.records import DeadLetter
 
-__all__ = ["TimescaleSink", "rows_of"]
+__all__ = ["TimescaleDelivery", "rows_of", "spooled"]
 
 log = logging.getLogger(__name__)
 
 
 _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
 _DECOMPRESSION = "tuple decompression limit"
+TableRow = tuple[str, tuple[Any, ...]]
 
 
-class _Writer(threading.Thread):
-    """Moves spooled rows into the database; never raises into the flow."""
+class TimescaleDelivery(Writer):
+    """Upserts spooled rows in transactions; refused rows become dead letters."""
 
-    def __init__(self, part: _Partition) -> None:
-        super().__init__(name=f"edgeflow-db-{part.sink.cfg.id}", daemon=True)
-        self.part, self.sink, self.cfg = part, part.sink, part.sink.cfg
-        self.spool = part.spool
-        self.stop = threading.Event()
-        self.draining = threading.Event()
+    def __init__(
+        self,
+        cfg: TimescaleSinkConfig,
+        spool: Spool,
+        report: Callable[[Report], None],
+        path: str,
+    ) -> None:
+        super().__init__(spool, report, name=cfg.id, endpoint=_where(cfg), path=path)
+        self.cfg = cfg
+        self.batch_rows, self.max_backoff_s = cfg.batch_rows, cfg.max_backoff_s
+        self.stall_after_s = cfg.stall_after_s
         self.conn: psycopg.Connection[Any] | None = None
         self.schema_ready = False
         self.timescale = False
-        self.written = 0
-        self.busy_since: float | None = None
-        self.link = Link(self.cfg.id, _where(self.cfg), part.path, system.post)
-        self._watch = threading.Thread(target=self._watchdog, daemon=True)
 
     # -- connection and schema ---------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
@@ -100,52 +95,46 @@ class _Writer(threading.Thread):
             self.schema_ready = False
         if not self.schema_ready:
             self.timescale = ensure_schema(self.conn, self.cfg)
+            self.state_detail = "hypertables" if self.timescale else "plain PostgreSQL tables"
             self.schema_ready = True
         return self.conn
 
-    def _disconnect(self) -> None:
+    @override
+    def disconnect(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
 
     # -- writing -----------------------------------------------------------------------
-    def _write(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _write(self, rows: list[TableRow]) -> None:
         conn = self._connect()
         s = self.cfg.db_schema
         by_table: dict[str, list[tuple[Any, ...]]] = {}
         for table, row in rows:
             by_table.setdefault(table, []).append(row)
-        self.busy_since = time.monotonic()
-        try:
-            with conn.transaction():
-                for name, trows in by_table.items():
-                    t = TABLES[name]
-                    cols = ", ".join(f'"{c}"' for c in t.names)
-                    stage = f"stage_{name}"
-                    conn.execute(
-                        f'create temporary table if not exists "{stage}" (like "{s}"."{name}" '
-                        "including defaults) on commit delete rows"
-                    )
-                    # A window or event may appear twice in one batch (re-emission): keep
-                    # the last.
-                    dedup = {tuple(r[t.names.index(k)] for k in t.key): r for r in trows}
-                    with conn.cursor().copy(f'copy "{stage}" ({cols}) from stdin') as cp:
-                        for r in dedup.values():
-                            cp.write_row(r)
-                    updates = ", ".join(
-                        f'"{c}" = excluded."{c}"' for c in t.names if c not in t.key
-                    )
-                    key = ", ".join(f'"{k}"' for k in t.key)
-                    conn.execute(
-                        f'insert into "{s}"."{name}" ({cols}) select {cols} from "{stage}" '
-                        f"on conflict ({key}) do update set {updates}"
-                    )
-        finally:
-            self.busy_since = None
-        self.written += len(rows)
+        with conn.transaction():
+            for name, trows in by_table.items():
+                t = TABLES[name]
+                cols = ", ".join(f'"{c}"' for c in t.names)
+                stage = f"stage_{name}"
+                conn.execute(
+                    f'create temporary table if not exists "{stage}" (like "{s}"."{name}" '
+                    "including defaults) on commit delete rows"
+                )
+                # A window or event may appear twice in one batch (re-emission): keep the last.
+                dedup = {tuple(r[t.names.index(k)] for k in t.key): r for r in trows}
+                with conn.cursor().copy(f'copy "{stage}" ({cols}) from stdin') as cp:
+                    for r in dedup.values():
+                        cp.write_row(r)
+                updates = ", ".join(f'"{c}" = excluded."{c}"' for c in t.names if c not in t.key)
+                key = ", ".join(f'"{k}"' for k in t.key)
+                conn.execute(
+                    f'insert into "{s}"."{name}" ({cols}) select {cols} from "{stage}" '
+                    f"on conflict ({key}) do update set {updates}"
+                )
 
-    def _write_or_isolate(self, rows: list[tuple[str, tuple[Any, ...]]], raw: list[Any]) -> None:
+    def _isolate(self, rows: list[TableRow], raw: list[dict[str, Any]]) -> None:
         """Write rows; rows the database refuses become dead letters, the others are written."""
         try:
             self._write(rows)
@@ -161,62 +150,21 @@ class _Writer(threading.Thread):
             if len(rows) == 1:
                 why = str(e).strip().splitlines()[0]
                 state = getattr(e, "sqlstate", None) or "?"
-                system.post(
-                    DeadLetter(
-                        self.cfg.id,
-                        f"refused by the database (SQLSTATE {state}): {why}",
-                        raw[0],
-                        source=self.cfg.id,
-                    )
-                )
+                reason = f"refused by the database (SQLSTATE {state}): {why}"
+                self.report(DeadLetter(self.cfg.id, reason, raw[0], source=self.cfg.id))
                 return
             mid = len(rows) // 2
-            self._write_or_isolate(rows[:mid], raw[:mid])
-            self._write_or_isolate(rows[mid:], raw[mid:])
+            self._isolate(rows[:mid], raw[:mid])
+            self._isolate(rows[mid:], raw[mid:])
 
-    def _watchdog(self) -> None:
-        while not self.stop.wait(1.0):
-            since = self.busy_since
-            if since is not None and time.monotonic() - since > self.cfg.stall_after_s:
-                self.link.down(
-                    f"a write has had no answer for {time.monotonic() - since:.0f} s (hung?); "
-                    f"{self.spool.pending()} rows spooled"
-                )
-
-    def run(self) -> None:
-        self._watch.start()
-        backoff = Backoff(max_s=self.cfg.max_backoff_s)
-        saved = 0.0
-        while not self.stop.is_set():
-            records = self.spool.read(self.spool.acked, self.cfg.batch_rows)
-            if not records:
-                if self.draining.is_set():
-                    return
-                self.stop.wait(0.05)
-                continue
-            raw = [pickle.loads(r.data) for r in records]
-            rows = [(STREAM_TABLE[st], row_for(STREAM_TABLE[st], d)) for st, d in raw]
-            try:
-                self._write_or_isolate(rows, [d for _, d in raw])
-            except _OUTAGE as e:
-                self.link.down(
-                    str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                )
-                self._disconnect()
-                self.stop.wait(backoff.next_delay())
-                continue
-            except Exception as e:  # a bug must not stop the writer silently
-                log.exception("timescaledb sink: unexpected failure")
-                self.link.down(f"{type(e).__name__}: {e}")
-                self._disconnect()
-                self.stop.wait(backoff.next_delay())
-                continue
-            self.spool.ack(records[-1].seq)
-            if time.monotonic() - saved > 1.0:  # what is written is not written again
-                self.spool.save_meta()
-                saved = time.monotonic()
-            self.link.up("tables: " + ("hypertables" if self.timescale else "plain PostgreSQL"))
-            backoff.reset()
+    @override
+    def deliver(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        table_rows = [(STREAM_TABLE[st], row_for(STREAM_TABLE[st], d)) for st, d in rows]
+        try:
+            self._isolate(table_rows, [d for _, d in rows])
+        except _OUTAGE as e:
+            text = str(e).strip()
+            raise Outage(text.splitlines()[0] if text else type(e).__name__) from e
 
 
 def _where(cfg: TimescaleSinkConfig) -> str:
@@ -225,105 +173,20 @@ def _where(cfg: TimescaleSinkConfig) -> str:
     return f"postgresql://{host}:{port}/{info.get('dbname', '')}"
 
 
-class _Partition(StatefulSinkPartition[tuple[str, dict[str, Any]], dict[str, int]]):
-    def __init__(self, sink: TimescaleSink, resume: dict[str, int] | None) -> None:
-        self.sink = sink
-        cfg = sink.cfg
-        self.path = sink.path
-        self.spool = Spool(
-            sink.spool_dir,
-            max_bytes=cfg.spool_max_bytes,
-            max_age_s=cfg.spool_max_age_s,
-            overflow=cfg.spool_overflow,
-            on_overflow=self._overflow,
-        )
-        if isinstance(resume, dict):
-            # Rows spooled after the snapshot are written again by the replay (upserts).
-            self.spool.truncate(resume["seq"])
-        self.writer = _Writer(self)
-        self.writer.start()
+def spooled(
+    cfg: TimescaleSinkConfig,
+    spool_dir: Path,
+    path: str = "",
+    resume: dict[str, int] | None = None,
+) -> Spooled:
+    """Build the spooled sink step's logic (the plugin does this per run; tools and benches too)."""
 
-    def _overflow(self, count: int, why: str) -> None:
-        system.post(
-            Event(
-                kind="spool",
-                rule=self.sink.cfg.id,
-                path=self.path,
-                ts_ms=now_ms(),
-                severity="major",
-                state="overflow",
-                message=f"database spool: {count} rows dropped ({why})",
-                details={"dropped": count, "policy": self.sink.cfg.spool_overflow},
-            )
-        )
+    def make(spool: Spool, report: Callable[[Report], None]) -> Writer:
+        return TimescaleDelivery(cfg, spool, report, path)
 
-    @property
-    def written(self) -> int:
-        """Rows written to the database so far (by this process)."""
-        return self.writer.written
-
-    @override
-    def write_batch(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        for stream, d in items:
-            if d.get("transient"):
-                continue  # Sparkplug is_transient: of interest live, never historised
-            self.spool.append(pickle.dumps((stream, d), protocol=pickle.HIGHEST_PROTOCOL), 0)
-        self.spool.flush()
-
-    @override
-    def snapshot(self) -> dict[str, int]:
-        return {"seq": self.spool.sync()}
-
-    @override
-    def close(self) -> None:
-        self.spool.sync()
-        w = self.writer
-        w.draining.set()
-        w.join(self.sink.cfg.close_timeout_s)
-        w.stop.set()
-        w.join(2.0)
-        left = self.spool.pending()
-        self.spool.save_meta()
-        self.spool.close()
-        w._disconnect()
-        if left:
-            msg = (
-                f"{left} rows for the database were not written within "
-                f"{self.sink.cfg.close_timeout_s:g} s; they are kept in {self.spool.dir} and "
-                "written by the next run"
-            )
-            log.error("timescaledb sink: %s", msg)
-            fail_at_exit(msg)
+    return Spooled(SpoolSettings.of(cfg, spool_dir, path), make, resume)
 
 
-@dataclass(frozen=True)
-class TimescaleSink(FixedPartitionedSink[tuple[str, dict[str, Any]], dict[str, int]]):
-    """Write ``(stream, row)`` items to PostgreSQL/TimescaleDB; see the module docs."""
-
-    cfg: TimescaleSinkConfig
-    spool_dir: Path
-    path: str = ""
-
-    @property
-    def schema(self) -> str:
-        """The database schema of the tables."""
-        return self.cfg.db_schema
-
-    @override
-    def list_parts(self) -> list[str]:
-        return ["timescaledb"]
-
-    @override
-    def part_fn(self, item_key: str) -> int:
-        return 0
-
-    @override
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
-    ) -> _Partition:
-        return _Partition(self, resume_state)
-
-
-def rows_of(items: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, tuple[Any, ...]]]:
+def rows_of(items: Iterable[tuple[str, dict[str, Any]]]) -> list[TableRow]:
     """Convert ``(stream, row)`` pairs to ``(table, tuple)`` pairs (for tests and tools)."""
     return [(STREAM_TABLE[s], row_for(STREAM_TABLE[s], d)) for s, d in items]

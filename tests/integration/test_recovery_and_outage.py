@@ -57,7 +57,7 @@ def snapshot_tables(dsn: str, schema: str) -> dict[str, set]:
             # a fault has more of them by design. The data's events must be identical.
             "events": set(
                 conn.execute(
-                    f"select kind, rule, path, ts, state, message from \"{schema}\".events "
+                    f'select kind, rule, path, ts, state, message from "{schema}".events '
                     "where kind not in ('source', 'spool')"
                 )
             ),

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -115,8 +114,12 @@ def _site(tmp_path: Path, inputs: list, sinks: list) -> Path:
     return path
 
 
-def _run(site: Path, env: dict[str, str], *, stop_after_s: float) -> str:
-    """Run the edge flow; SIGINT after ``stop_after_s``; return everything it printed."""
+def _run(site: Path, env: dict[str, str], *, until: list[str], timeout_s: float = 60) -> str:
+    """Run the edge flow until it printed every text in ``until``; then SIGINT it.
+
+    Returns everything it printed. Live inputs never end on their own: the texts are what the
+    test waits for (a connection made, a failure reported), never a fixed time.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "flows.edge"],
         env={
@@ -128,20 +131,32 @@ def _run(site: Path, env: dict[str, str], *, stop_after_s: float) -> str:
         },
         cwd=site.parent,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + stop_after_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            text = "".join(lines)
+            if all(u in text for u in until):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen.wait(timeout_s)
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
     try:
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
-    return out + err
+        proc.wait()
+    reader.join(10)
+    return "".join(lines)
 
 
 def _written(directory: Path) -> str:
@@ -235,7 +250,14 @@ def test_no_secret_in_any_output_with_working_servers(endpoints, v2_stub, opcua,
             },
         ],
     )
-    output = _run(site, env, stop_after_s=25)
+    output = _run(
+        site,
+        env,
+        until=[
+            f"{name}: connected to"
+            for name in ("mqtt", "opcua", "timescaledb", "influxdb", "v2", "kafka")
+        ],
+    )
     assert "loaded site secrets" in output
     # The working run did its work: rows reached the database through the secret account.
     import psycopg
@@ -311,6 +333,7 @@ def test_no_secret_in_any_output_when_servers_fail(endpoints, v2_stub, opcua, tm
                 "username": "edgeflow_secret",
                 "password": "${PW}",
                 "retry_timeout_s": 3,
+                "close_timeout_s": 3,
             }
         ]
     elif case == "influx-v2-wrong":
@@ -323,6 +346,7 @@ def test_no_secret_in_any_output_when_servers_fail(endpoints, v2_stub, opcua, tm
                 "bucket": "b",
                 "token": "${PW}",
                 "retry_timeout_s": 3,
+                "close_timeout_s": 3,
             }
         ]
     elif case == "influx-down":
@@ -333,6 +357,7 @@ def test_no_secret_in_any_output_when_servers_fail(endpoints, v2_stub, opcua, tm
                 "username": "u",
                 "password": "${PW}",
                 "retry_timeout_s": 3,
+                "close_timeout_s": 3,
             }
         ]
     else:
@@ -344,12 +369,11 @@ def test_no_secret_in_any_output_when_servers_fail(endpoints, v2_stub, opcua, tm
                 "type": "kafka",
                 "kafka": kafka,
                 "delivery_timeout_s": 5,
+                "close_timeout_s": 3,
                 "topics": {"aggregates": "edgeflow.secrets.fail"},
             }
         ]
     site = _site(tmp_path, inputs, sinks)
-    output = _run(site, {"PW": wrong}, stop_after_s=20)
-    everything = output + _written(tmp_path)
     expected = {
         "mqtt-wrong": "Not authorized",
         "opcua-wrong": "BadUserAccessDenied",
@@ -362,5 +386,7 @@ def test_no_secret_in_any_output_when_servers_fail(endpoints, v2_stub, opcua, tm
         "kafka-wrong": "Authentication failed",
         "kafka-down": "Connection refused",
     }[case]
+    output = _run(site, {"PW": wrong}, until=[expected])
+    everything = output + _written(tmp_path)
     assert expected in everything, f"the {case} failure was not reached:\n{output[-2000:]}"
     _assert_clean(everything, [wrong])
