@@ -13,9 +13,17 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 
-__all__ = ["committed_frontier", "recovery_dir"]
+__all__ = [
+    "committed_frontier",
+    "epoch_bound",
+    "note_epoch",
+    "recovery_dir",
+    "reset_epochs",
+    "start_epoch",
+]
 
 
 def recovery_dir(argv: list[str] | None = None) -> Path | None:
@@ -59,3 +67,39 @@ def committed_frontier(directory: Path) -> int | None:
         if e == ex:
             best[w] = max(best.get(w, resume), f)
     return min(best.get(w, resume) for w in range(workers))
+
+
+def start_epoch() -> int:
+    """Return the epoch this execution starts at: 1, or the resume epoch with recovery."""
+    d = recovery_dir()
+    f = committed_frontier(d) if d is not None else None
+    return f if f is not None else 1
+
+
+_epoch_lock = threading.Lock()
+_epoch_seen = 0
+
+
+def note_epoch(epoch: int) -> None:
+    """Record that an input of this process is now emitting in ``epoch``."""
+    global _epoch_seen
+    with _epoch_lock:
+        _epoch_seen = max(_epoch_seen, epoch)
+
+
+def epoch_bound() -> int:
+    """Return an epoch no item of this process's inputs emitted so far is later than.
+
+    Inputs advance one epoch per snapshot (see :func:`flows.system.track`); an item reaching
+    a sink now was emitted in this epoch or earlier, so delivering it once the store committed
+    this epoch never delivers what a replay would produce again.
+    """
+    with _epoch_lock:
+        return _epoch_seen if _epoch_seen else start_epoch()
+
+
+def reset_epochs() -> None:
+    """Forget the epochs seen (between runs in one process, e.g. tests)."""
+    global _epoch_seen
+    with _epoch_lock:
+        _epoch_seen = 0

@@ -26,7 +26,9 @@ from bytewax.inputs import (
 )
 from typing_extensions import override
 
+from flows import recovery
 from flows.lifecycle import stop_requested
+from flows.recovery import note_epoch, start_epoch
 from wire.records import DeadLetter, Event
 
 __all__ = ["SystemSource", "post", "track"]
@@ -59,6 +61,9 @@ class _Tracked(StatefulSourcePartition[Any, Any]):
         global _active, _started
         self.inner = inner
         self.done = False
+        # Bytewax ends an input partition's epoch with each snapshot (see flows.recovery).
+        self.epoch = start_epoch()
+        note_epoch(self.epoch)
         with _lock:
             _active += 1
             _started += 1
@@ -84,7 +89,10 @@ class _Tracked(StatefulSourcePartition[Any, Any]):
 
     @override
     def snapshot(self) -> Any:
-        return self.inner.snapshot()
+        state = self.inner.snapshot()
+        self.epoch += 1
+        note_epoch(self.epoch)
+        return state
 
     @override
     def close(self) -> None:
@@ -139,3 +147,4 @@ def reset() -> None:
     with _lock:
         _active = _started = 0
     _queue.clear()
+    recovery.reset_epochs()

@@ -14,8 +14,9 @@ No message is delivered twice, also across ``kill -9``:
   delivered. Delivery runs in Kafka transactions: a crash mid-transaction leaves nothing
   visible to consumers reading committed data, and the next run aborts it;
 - every message carries its spool's id and sequence number (headers ``edgeflow-spool``,
-  ``edgeflow-seq``); after a restart the thread reads what the topic already holds from its
-  spool since the last recorded offsets, and continues after it.
+  ``edgeflow-seq``); after a restart, and after any send that failed part way (the broker
+  went away mid-send), the thread reads what the topic holds from its spool since the last
+  recorded offsets and does not send those messages again.
 
 Connection changes are one log line and one ``source``-style event each (via
 :mod:`flows.system`), librdkafka's per-attempt lines are silenced, and no outage ever raises
@@ -47,7 +48,7 @@ from connectors._spool import Spool
 from connectors.kafka.config import KafkaConnection
 from flows import system
 from flows.lifecycle import fail_at_exit
-from flows.recovery import committed_frontier, recovery_dir
+from flows.recovery import committed_frontier, epoch_bound, recovery_dir
 
 __all__ = ["KafkaMessage", "KafkaSink", "SpoolSettings"]
 
@@ -102,6 +103,8 @@ class _Delivery(threading.Thread):
         self.delivered = 0
         self.errors: list[str] = []
         self.auth_error = ""
+        # Seqs the topic already holds (None: not looked yet; again after every failure).
+        self.skip: set[int] | None = None
 
     # -- producer --------------------------------------------------------------------------
     def _error(self, err: KafkaError) -> None:
@@ -139,8 +142,12 @@ class _Delivery(threading.Thread):
             self.part.offsets[int(msg.partition())] = int(msg.offset())
 
     # -- what the topic already holds ------------------------------------------------------
-    def _already_delivered(self) -> int:
-        """Return the highest seq of this spool the topic holds (committed), -1 if none."""
+    def _already_delivered(self) -> set[int]:
+        """Return the seqs of this spool after the acknowledged one that the topic holds.
+
+        A send that failed part way (the broker went away) may have written some of its
+        messages, on some partitions: exactly those are not sent again.
+        """
         sink, spool = self.sink, self.spool
         offsets: dict[str, int] = spool.meta.get("offsets", {})
         conf = {
@@ -152,12 +159,12 @@ class _Delivery(threading.Thread):
             "log_level": 0,
         }
         c = Consumer(conf)
-        best = spool.acked
+        found: set[int] = set()
         try:
             meta = c.list_topics(sink.topic, timeout=sink.delivery_timeout_s)
             topic = meta.topics.get(sink.topic)
             if topic is None or topic.error is not None:
-                return best
+                return found
             for p in topic.partitions:
                 low, high = c.get_watermark_offsets(
                     KafkaTopicPartition(sink.topic, p), timeout=sink.delivery_timeout_s
@@ -179,24 +186,24 @@ class _Delivery(threading.Thread):
                         seq = h.get("edgeflow-seq")
                         if h.get("edgeflow-spool") == spool.meta["id"].encode() and seq:
                             raw = seq.encode() if isinstance(seq, str) else seq
-                            best = max(best, struct.unpack("<q", raw)[0])
+                            n = struct.unpack("<q", raw)[0]
+                            if n > spool.acked:
+                                found.add(n)
         finally:
             c.close()
-        return best
+        return found
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
         backoff = Backoff(max_s=5.0)
-        scanned = False
         frontier_at = 0.0
         frontier: int | None = None
         while not self.stop.is_set():
             try:
                 if self.producer is None:
                     self.producer = self._producer()
-                if not scanned:
-                    self.spool.ack(self._already_delivered())
-                    scanned = True
+                if self.skip is None:
+                    self.skip = self._already_delivered()
                 if self.transactional and not self.draining.is_set():
                     now = time.monotonic()
                     if now - frontier_at > 0.2:
@@ -213,7 +220,10 @@ class _Delivery(threading.Thread):
                         return
                     self.stop.wait(0.05)
                     continue
-                self._send(records)
+                todo = [r for r in records if r.seq not in self.skip]
+                if todo:
+                    self._send(todo)
+                self.skip.difference_update(r.seq for r in records)
                 self.spool.ack(records[-1].seq)
                 self.spool.save_meta(offsets={str(k): v for k, v in self.part.offsets.items()})
                 self.delivered += len(records)
@@ -267,6 +277,7 @@ class _Delivery(threading.Thread):
             raise RuntimeError(msg)
 
     def _reset(self) -> None:
+        self.skip = None
         p, self.producer = self.producer, None
         if p is not None and self.transactional:
             # The next producer's init_transactions fences it anyway.
@@ -288,12 +299,10 @@ class _SinkPartition(StatefulSinkPartition[KafkaMessage, dict[str, int]]):
         )
         if "id" not in self.spool.meta:
             self.spool.save_meta(id=uuid.uuid4().hex)
-        self.epoch = 1
         self.legacy = -1
         if resume is not None:
             # Records spooled after the snapshot are produced again by the replay.
             self.spool.truncate(resume["seq"])
-            self.epoch = resume["epoch"] + 1
         else:
             self.legacy = self.spool.written  # left by a run that is not resumed
         self.offsets: dict[int, int] = {}
@@ -319,14 +328,14 @@ class _SinkPartition(StatefulSinkPartition[KafkaMessage, dict[str, int]]):
     @override
     def write_batch(self, values: list[KafkaMessage]) -> None:
         for key, value, ts in values:
-            self.spool.append(_pack(key, value, ts), self.epoch)
+            # A sink partition is snapshotted only in epochs it had data: its own count of
+            # snapshots would lag. The inputs' epoch bounds the epoch of what arrives now.
+            self.spool.append(_pack(key, value, ts), epoch_bound())
         self.spool.flush()
 
     @override
     def snapshot(self) -> dict[str, int]:
-        state = {"seq": self.spool.sync(), "epoch": self.epoch}
-        self.epoch += 1
-        return state
+        return {"seq": self.spool.sync()}
 
     @override
     def close(self) -> None:

@@ -95,6 +95,13 @@ class MqttInput(InputModel):
         description="act as Sparkplug primary host: publish spBv1.0/STATE/<id>",
     )
     max_messages: int | None = Field(default=None, gt=0, description="stop after N (tests)")
+    spool_dir: Path | None = Field(
+        default=None,
+        description=(
+            "where messages wait between acknowledgement and processing; default: "
+            "$EDGEFLOW_SPOOL_DIR or ./spool, then <site name>/<input id>/<client id>"
+        ),
+    )
 
     @field_validator("tls_ca")
     @classmethod

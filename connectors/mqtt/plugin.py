@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from connectors._spool_options import spool_home
 from connectors.mqtt.config import MqttInput
 from connectors.mqtt.source import MqttSource
 from flows.build import Build
@@ -19,4 +20,5 @@ __all__ = ["build"]
 )
 def build(cfg: MqttInput, b: Build) -> None:
     """Subscribe to the configured topics and Sparkplug groups."""
-    b.input(cfg.id, MqttSource(cfg, b.site.site.enterprise, b.site.site.site))
+    home, _ = spool_home(b.site, cfg)
+    b.input(cfg.id, MqttSource(cfg, b.site.site.enterprise, b.site.site.site, home))

@@ -18,17 +18,32 @@ Last Will.
 
 ``overflow`` names what happens when ``queue_size`` messages wait: ``block`` (default: paho
 stops reading, the broker keeps QoS 1 messages), ``drop_oldest`` or ``drop_newest`` (drops are
-one dead letter per episode, with their count). QoS 1 messages are acknowledged when the
-flow takes them.
+one dead letter per episode, with their count).
+
+Nothing acknowledged is lost. The session is persistent (``clean_session=False``, a fixed
+``client_id``), so the broker keeps what was not acknowledged across a crash. A message is
+acknowledged only once it is durable: each one is appended to a local input spool
+(:mod:`connectors._spool`, ``<spool dir>/<site name>/<input id>/<client id>``), and an ack
+thread fsyncs the spool and then acknowledges everything appended before the fsync (group
+commit: one fsync covers every message that arrived meanwhile). The spool keeps a message
+until it is no longer needed: with recovery, until the epoch that took it into the flow is
+committed (a resumed run replays the spool after its snapshot's position); without recovery,
+until the flow took it (a restart replays what the flow had not taken). A crash between the
+fsync and the acknowledgement makes the broker send a message again: delivery is at least
+once, and the database sinks' upserts make the repeat harmless.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
+import struct
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,12 +51,14 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
 from connectors._io import Channel, Episodes, Link, SourceItem
+from connectors._spool import Spool
 from connectors.errors import SourceError
 from connectors.mqtt.config import FIELDS, MqttInput
 from connectors.mqtt.payloads import PayloadError, parse_plain
 from connectors.mqtt.sparkplug import Sample, SparkplugState, rebirth_payload
 from flows.lifecycle import stop_requested
 from flows.logs import reveal
+from flows.recovery import committed_frontier, recovery_dir, start_epoch
 from wire.records import (
     DeadLetter,
     Isa95,
@@ -58,25 +75,35 @@ __all__ = ["MqttSource", "SparkplugState", "parse_plain"]
 
 log = logging.getLogger(__name__)
 
+_MSG = struct.Struct("<qH")  # received ms, topic length; then topic, payload
+
+
+def _pack(topic: str, payload: bytes, received_ms: int) -> bytes:
+    t = topic.encode()
+    return _MSG.pack(received_ms, len(t)) + t + payload
+
+
+def _unpack(data: bytes) -> tuple[str, bytes, int]:
+    received_ms, n = _MSG.unpack_from(data, 0)
+    start = _MSG.size
+    return data[start : start + n].decode(), data[start + n :], received_ms
+
 
 @dataclass
 class _Decoded:
     """One message, decoded in the network thread, waiting for the flow."""
 
-    mid: int
-    qos: int
+    seq: int
     received_ms: int
     samples: list[Sample] = field(default_factory=list)
     others: list[SourceItem] = field(default_factory=list)
 
 
-class _Partition(StatefulSourcePartition[SourceItem, None]):
-    def __init__(self, src: MqttSource) -> None:
+class _Partition(StatefulSourcePartition[SourceItem, dict[str, int]]):
+    def __init__(self, src: MqttSource, resume: dict[str, int] | None) -> None:
         cfg = src.cfg
         self.src, self.cfg = src, cfg
-        self.channel: Channel[_Decoded] = Channel(
-            cfg.queue_size, cfg.overflow, on_drop=self._ack_dropped
-        )
+        self.channel: Channel[_Decoded] = Channel(cfg.queue_size, cfg.overflow)
         self.episodes = Episodes("mqtt", f"{cfg.id}:{cfg.host}:{cfg.port}")
         self.link = Link(
             cfg.id,
@@ -96,7 +123,44 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
         self._closing = False
         self._sub_mid = -1
         self._routes: dict[str, tuple[str, str, str, bool] | str] = {}
+        # -- durability (see the module docstring) --
+        self.spool = Spool(src.spool_path())
+        self.recovery = recovery_dir()
+        start = resume["seq"] if isinstance(resume, dict) else self.spool.acked
+        self.taken_seq = start
+        self.epoch = start_epoch()
+        self.marks: list[tuple[int, int]] = []  # (epoch, last seq taken in it)
+        self._checked = 0.0
+        self._unacked: list[tuple[int, int]] = []
+        self._ack_cond = threading.Condition()
+        self._ack_stop = False
         self.client = self._client()
+        # Before connecting: the replay decodes in this thread, then the network thread does.
+        self.replay = self._replay(start)
+        self.client.connect_async(cfg.host, cfg.port, keepalive=30)
+        self.client.loop_start()
+        self._acker = threading.Thread(target=self._ack_loop, name=f"{cfg.id}-ack", daemon=True)
+        self._acker.start()
+
+    def _replay(self, after: int) -> list[_Decoded]:
+        """Decode what the spool holds after ``after`` (before the client starts)."""
+        out: list[_Decoded] = []
+        while True:
+            records = self.spool.read(after, 10_000)
+            if not records:
+                break
+            for r in records:
+                topic, payload, recv = _unpack(r.data)
+                out.append(self._decoded(r.seq, topic, payload, recv))
+            after = records[-1].seq
+        if out:
+            log.info(
+                "%s: %d messages acknowledged before the last stop are taken from %s",
+                self.cfg.id,
+                len(out),
+                self.spool.dir,
+            )
+        return out
 
     # -- network thread ------------------------------------------------------------------
     def _client(self) -> mqtt.Client:
@@ -129,8 +193,6 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         c.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
-        c.connect_async(cfg.host, cfg.port, keepalive=30)
-        c.loop_start()
         return c
 
     def _event(self, item: SourceItem) -> None:
@@ -168,19 +230,38 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         recv = now_ms()
-        decoded = _Decoded(msg.mid, msg.qos, recv)
-        try:
-            self._decode(msg.topic, bytes(msg.payload), recv, decoded)
-        except Exception as e:  # nothing a message holds may stop the input
-            log.exception("%s: unexpected failure decoding %s", self.cfg.id, msg.topic)
-            decoded.samples = []
-            decoded.others = [
-                DeadLetter("mqtt", f"{msg.topic}: undecodable ({e})", bytes(msg.payload))
-            ]
-        self.channel.put(decoded)
+        payload = bytes(msg.payload)
+        seq = self.spool.append(_pack(msg.topic, payload, recv), 0)
+        with self._ack_cond:
+            self._unacked.append((msg.mid, msg.qos))
+            self._ack_cond.notify()
+        self.channel.put(self._decoded(seq or -1, msg.topic, payload, recv))
 
-    def _ack_dropped(self, d: _Decoded) -> None:
-        self.client.ack(d.mid, d.qos)
+    def _decoded(self, seq: int, topic: str, payload: bytes, recv: int) -> _Decoded:
+        decoded = _Decoded(seq, recv)
+        try:
+            self._decode(topic, payload, recv, decoded)
+        except Exception as e:  # nothing a message holds may stop the input
+            log.exception("%s: unexpected failure decoding %s", self.cfg.id, topic)
+            decoded.samples = []
+            decoded.others = [DeadLetter("mqtt", f"{topic}: undecodable ({e})", payload)]
+        return decoded
+
+    def _ack_loop(self) -> None:
+        """Fsync the spool, then acknowledge every message appended before (group commit)."""
+        while True:
+            with self._ack_cond:
+                while not self._unacked and not self._ack_stop:
+                    self._ack_cond.wait()
+                pending, self._unacked = self._unacked, []
+                stopping = self._ack_stop
+            if pending:
+                self.spool.sync()
+                for mid, qos in pending:
+                    if qos:
+                        self.client.ack(mid, qos)
+            if stopping:
+                return
 
     def _decode(self, topic: str, payload: bytes, recv: int, out: _Decoded) -> None:
         if topic.startswith("spBv1.0/"):
@@ -261,12 +342,15 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
         want = (
             self.cfg.batch_size if limit is None else min(self.cfg.batch_size, limit - self.taken)
         )
-        taken = self.channel.drain(want)
+        if self.replay:
+            taken, self.replay = self.replay[:want], self.replay[want:]
+        else:
+            taken = self.channel.drain(want)
         self.taken += len(taken)
         out = self._assemble(taken) if taken else []
-        # QoS 1: acknowledged once taken into the flow.
-        for d in taken:
-            self.client.ack(d.mid, d.qos)
+        if taken:
+            self.taken_seq = max(self.taken_seq, max(d.seq for d in taken))
+        self._release()
         dropped = self.channel.take_dropped()
         if dropped:
             reason = (
@@ -282,17 +366,35 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
             events, self._events = self._events, []
         return events + out
 
+    def _release(self) -> None:
+        """Let the spool forget messages that are no longer needed (at most once a second)."""
+        if time.monotonic() - self._checked < 1.0:
+            return
+        self._checked = time.monotonic()
+        if self.recovery is None:
+            upto = self.taken_seq
+        else:
+            frontier = committed_frontier(self.recovery)
+            upto = -1
+            while self.marks and frontier is not None and self.marks[0][0] < frontier:
+                upto = self.marks.pop(0)[1]
+        if upto > self.spool.acked:
+            self.spool.ack(upto)
+            self.spool.save_meta()
+
     @override
     def next_awake(self) -> Any:
         from datetime import UTC, datetime, timedelta
 
-        if len(self.channel) or self._events:
+        if self.replay or len(self.channel) or self._events:
             return None
         return datetime.now(UTC) + timedelta(milliseconds=20)
 
     @override
-    def snapshot(self) -> None:
-        return None
+    def snapshot(self) -> dict[str, int]:
+        self.marks.append((self.epoch, self.taken_seq))
+        self.epoch += 1
+        return {"seq": self.taken_seq}
 
     @override
     def close(self) -> None:
@@ -307,20 +409,43 @@ class _Partition(StatefulSourcePartition[SourceItem, None]):
             ).wait_for_publish(2)
         self.client.disconnect()
         self.client.loop_stop()
+        with self._ack_cond:
+            self._ack_stop = True
+            self._ack_cond.notify()
+        self._acker.join(5.0)
+        if self.recovery is None:
+            self._checked = 0.0
+            self._release()
+        self.spool.close()
 
 
 @dataclass
-class MqttSource(FixedPartitionedSource[SourceItem, None]):
-    """Subscribe to plain templates and/or Sparkplug groups; see the module docs."""
+class MqttSource(FixedPartitionedSource[SourceItem, dict[str, int]]):
+    """Subscribe to plain templates and/or Sparkplug groups; see the module docs.
+
+    ``spool_dir``: where the input spool lives (default: ``$EDGEFLOW_SPOOL_DIR`` or
+    ``./spool``, then ``<site name>/<input id>``); the client id is appended.
+    """
 
     cfg: MqttInput
     enterprise: str
     site: str
+    spool_dir: Path | None = None
+
+    def spool_path(self) -> Path:
+        """Return the input spool's directory (one per client id: one persistent session each)."""
+        base = self.spool_dir
+        if base is None:
+            root = self.cfg.spool_dir or Path(os.environ.get("EDGEFLOW_SPOOL_DIR", "spool"))
+            base = root / self.site / self.cfg.id
+        return base / self.cfg.client_id
 
     @override
     def list_parts(self) -> list[str]:
         return [f"{self.cfg.id}:{self.cfg.host}:{self.cfg.port}"]
 
     @override
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Partition:
-        return _Partition(self)
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
+    ) -> _Partition:
+        return _Partition(self, resume_state)

@@ -32,7 +32,13 @@ DURATION_S = 1800
 def _topics(bootstrap: str, *names: str, partitions: int = 3) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
+        # The messages' event time is months ago: only unlimited retention keeps them.
+        [
+            NewTopic(
+                n, num_partitions=partitions, replication_factor=1, config={"retention.ms": "-1"}
+            )
+            for n in names
+        ]
     )
     for f in futures.values():
         f.result(30)
