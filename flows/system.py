@@ -77,6 +77,9 @@ class _Tracked(StatefulSourcePartition[Any, Any]):
 
     @override
     def next_batch(self) -> list[Any]:
+        if stop_requested():  # SIGINT/SIGTERM: every input ends, whatever it reads from
+            self._end()
+            raise StopIteration
         try:
             return list(self.inner.next_batch())
         except StopIteration:

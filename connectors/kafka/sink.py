@@ -155,11 +155,15 @@ class _Delivery(threading.Thread):
             "group.id": f"edgeflow-spool-scan-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            # The end of a partition is reported: transaction markers take offsets of their
+            # own, so counting up to the high watermark would wait for messages never read.
+            "enable.partition.eof": True,
             "error_cb": self._error,
             "log_level": 0,
         }
         c = Consumer(conf)
         found: set[int] = set()
+        sid = spool.meta["id"].encode()
         try:
             meta = c.list_topics(sink.topic, timeout=sink.delivery_timeout_s)
             topic = meta.topics.get(sink.topic)
@@ -173,22 +177,24 @@ class _Delivery(threading.Thread):
                 if start >= high:
                     continue
                 c.assign([KafkaTopicPartition(sink.topic, p, start)])
-                pos = start
-                while pos < high:
-                    batch = c.consume(1000, timeout=sink.delivery_timeout_s)
-                    if not batch:
-                        break
-                    for m in batch:
-                        if m.error() is not None:
+                deadline = time.monotonic() + sink.delivery_timeout_s
+                at_end = False
+                while not at_end and time.monotonic() < deadline:
+                    for m in c.consume(1000, timeout=0.5):
+                        err = m.error()
+                        if err is not None:
+                            at_end = at_end or err.code() == KafkaError._PARTITION_EOF
                             continue
-                        pos = int(m.offset() or 0) + 1
                         h = dict(m.headers() or [])
                         seq = h.get("edgeflow-seq")
-                        if h.get("edgeflow-spool") == spool.meta["id"].encode() and seq:
+                        if h.get("edgeflow-spool") == sid and seq:
                             raw = seq.encode() if isinstance(seq, str) else seq
                             n = struct.unpack("<q", raw)[0]
                             if n > spool.acked:
                                 found.add(n)
+                if not at_end:
+                    msg = f"could not read {sink.topic}[{p}] to its end to find what it holds"
+                    raise RuntimeError(msg)
         finally:
             c.close()
         return found

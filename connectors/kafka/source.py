@@ -155,6 +155,8 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self.caught_up = True
+                    # Past a transaction marker (it has an offset, never a message).
+                    self.next_offset = max(self.next_offset, int(m.offset() or 0))
                     continue
                 msg = f"Kafka error on {self.name}: {err}"
                 raise SourceError(msg)

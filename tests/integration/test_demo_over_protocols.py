@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from flows.config import DEMO_SITE, parse_site
 from simulators.mqtt_publisher import SitePublisher
 from simulators.site import EnergySite
 from tests.conftest import require_port
+from tests.faults import wait_until
 from tests.integration.test_edge_flow import read_jsonl
 from tests.reference import reference_aggregates
 from wire.records import now_ms
@@ -49,13 +49,22 @@ def test_demo_site_over_mqtt(endpoints, tmp_path: Path, site_file, per_tick, ext
     else:
         inp["topics"] = [{"template": f"plant{run}/{{area}}/{{line}}/{{machine}}/{{tag}}"}]
     cfg["sinks"] = [
-        {"type": "file", "dir": str(tmp_path), "streams": ["raw", "aggregates", "dead_letters"]}
+        {
+            "type": "file",
+            "dir": str(tmp_path),
+            "streams": ["raw", "aggregates", "dead_letters", "events"],
+        }
     ]
     t = threading.Thread(
         target=run_main, args=(build_flow(parse_site(cfg, base_dir=DEMO_SITE.parent)),)
     )
     t.start()
-    time.sleep(1.5)
+    events = tmp_path / "events.jsonl"
+    wait_until(  # subscribed: from here on the broker keeps every message for the flow
+        lambda: events.exists() and "source_up" in events.read_text(),
+        timeout_s=30,
+        what="the MQTT input's source_up event",
+    )
     pub = SitePublisher(
         EnergySite(start_ms=START_MS, seed=42),
         endpoints.mqtt_host,

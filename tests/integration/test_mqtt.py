@@ -15,6 +15,7 @@ from bytewax.testing import run_main
 from flows.build import build_flow
 from flows.config import parse_site
 from tests.conftest import require_port
+from tests.faults import wait_until
 from tests.integration.test_edge_flow import read_jsonl
 from wire.sparkplug.codec import decode, encode
 
@@ -77,11 +78,17 @@ def test_plain_topics_and_sparkplug_rebirth(endpoints, tmp_path: Path):
                 "max_messages": 15,
             }
         ],
-        "sinks": [{"type": "file", "dir": str(tmp_path), "streams": ["raw", "dead_letters"]}],
+        "sinks": [
+            {"type": "file", "dir": str(tmp_path), "streams": ["raw", "dead_letters", "events"]}
+        ],
     }
     flow_thread = threading.Thread(target=run_main, args=(build_flow(parse_site(cfg)),))
     flow_thread.start()
-    time.sleep(1.5)  # let the source connect and subscribe
+    wait_until(  # subscribed: from here on the broker keeps every message for the flow
+        lambda: "source_up" in _text(tmp_path / "events.jsonl"),
+        timeout_s=30,
+        what="the MQTT input's source_up event",
+    )
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
     pub.connect(endpoints.mqtt_host, endpoints.mqtt_port)
     pub.loop_start()
@@ -279,3 +286,7 @@ def test_poison_messages_through_a_real_broker_are_dead_letters_and_good_ones_ar
     assert len(dead) - len(sparkplug_dead) == expected_bad  # each bad message one dead letter
     assert len(sparkplug_dead) >= len(sparkplug_bad)
     assert len(values) == good + 1  # plus the birth's metric
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
