@@ -11,8 +11,9 @@ Each case runs in a fresh process on the same generated data (1% invalid, 1% lat
 The chain's aggregates must equal the numpy reference (row counts, point counts, sums).
 
 Then ``live_latency`` (a 100k points/s stream paced in wall time, 190 s) and, when the
-infra/local services run, Kafka replay against raw consumption (case 2) and sink rows/s
-(case 4).
+infra/local services run, Kafka replay against raw consumption (case 2), sink rows/s
+(case 4), the live 100k points/s edge flow with a raw Kafka sink (case 5,
+:mod:`bench.live_kafka`) and protocol ingest (case 3, :mod:`bench.ingest`).
 """
 
 from __future__ import annotations
@@ -136,6 +137,22 @@ def ingest_cases(quick: bool) -> None:
         )
 
 
+def live_kafka_case(quick: bool) -> None:
+    """Case 5: the live 100k points/s edge flow with its raw points to Kafka keeps pace."""
+    if not _up(19092):
+        print("live_kafka     skipped: kafka is not running (bash infra/local/start.sh)")
+        return
+    cmd = [sys.executable, "-m", "bench.live_kafka"] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"{'live_kafka':<14} {r['points']:>11,.0f} pts {r['per_s']:>10,.0f} pts/s (offered "
+        f"{r['offered_per_s']:,}/s; without the Kafka sink {r['reference_per_s']:,.0f}/s); "
+        f"raw topic lag p50 {r['lag_p50_ms']:.0f} ms, p99 {r['lag_p99_ms']:.0f} ms, "
+        f"max {r['lag_max_ms']:.0f} ms over {r['messages']:,} messages (goal: < 1,000 ms)"
+    )
+
+
 def main() -> None:
     """Run the suite and print the table."""
     p = argparse.ArgumentParser(description="edgeflow benchmarks")
@@ -179,6 +196,7 @@ def main() -> None:
             f"{r['window_close_max_ms'] - wait:.0f} ms"
         )
     service_cases(args.quick)
+    live_kafka_case(args.quick)
     ingest_cases(args.quick)
     print(f"# total {time.perf_counter() - t0:.0f} s")
     if failures:

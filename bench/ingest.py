@@ -393,7 +393,7 @@ CASES = {
     "opcua_1hz": lambda q: opcua(1.0, 20 if q else 40),
     "opcua_10hz": lambda q: opcua(10.0, 15 if q else 30),
     "mqtt": lambda q: mqtt_json(50_000 if q else 200_000),
-    "sparkplug": lambda q: sparkplug(150 if q else 600, 1000),
+    "sparkplug": lambda q: sparkplug(150 if q else 2000, 1000),
     "modbus": lambda q: modbus(100, 100, 20 if q else 60),
 }
 

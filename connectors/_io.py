@@ -289,6 +289,9 @@ class ThreadedPartition(StatefulSourcePartition[SourceItem, S]):
     """
 
     poll_interval_ms: int = 20
+    #: How long a stop request waits for the thread to finish its cleanup (e.g. closing a
+    #: server session) before the input ends anyway; the whole stop must stay within 2 s.
+    stop_grace_s: float = 0.0
 
     def __init__(
         self,
@@ -302,6 +305,7 @@ class ThreadedPartition(StatefulSourcePartition[SourceItem, S]):
         self.batch_size = batch_size
         self.stopping = threading.Event()
         self.failed: BaseException | None = None
+        self._stop_seen: float | None = None
         self._thread = threading.Thread(target=self._body, name=f"edgeflow-{name}", daemon=True)
 
     def start(self) -> None:
@@ -336,11 +340,18 @@ class ThreadedPartition(StatefulSourcePartition[SourceItem, S]):
     def finished(self) -> bool:
         """Return True when the input has ended: stopping, the thread done, nothing waiting.
 
-        On a stop request the thread is not waited for: it may be blocked in a read that only
-        a timeout ends, and a stop must take at most a second or two.
+        On a stop request the thread is waited for only ``stop_grace_s``: it may be blocked in
+        a read that only a timeout ends, and a stop must take at most a second or two.
         """
-        done = not self._thread.is_alive() or stop_requested()
+        done = not self._thread.is_alive() or self._grace_over()
         return self.stopping.is_set() and done and not len(self.channel)
+
+    def _grace_over(self) -> bool:
+        if not stop_requested():
+            return False
+        if self._stop_seen is None:
+            self._stop_seen = time.monotonic()
+        return time.monotonic() - self._stop_seen >= self.stop_grace_s
 
     @override
     def next_batch(self) -> list[SourceItem]:
@@ -367,7 +378,7 @@ class ThreadedPartition(StatefulSourcePartition[SourceItem, S]):
     def close(self) -> None:
         self.stopping.set()
         self.interrupt()
-        self._thread.join(timeout=1.0)
+        self._thread.join(timeout=max(1.0, self.stop_grace_s))
 
 
 def monotonic_ms() -> float:

@@ -150,6 +150,9 @@ class Spool:
                     seg = _Segment(seq, self.dir / f"{seq:020d}.seg")
                     self._segments.append(seg)
                 if self._out is not None:
+                    # sync() only fsyncs the open segment: make the one left behind durable.
+                    self._out.flush()
+                    os.fsync(self._out.fileno())
                     self._out.close()
                 self._out = seg.path.open("ab")
             self._out.write(_HEAD.pack(len(data), zlib.crc32(data), seq, epoch) + data)
@@ -188,11 +191,20 @@ class Spool:
     def sync(self) -> int:
         """Make everything appended durable; return the last seq appended."""
         with self._lock:
-            if self._out is not None:
-                self._out.flush()
-                os.fsync(self._out.fileno())
-            self.synced = self.written
-            return self.written
+            written = self.written
+            if self._out is None:
+                self.synced = written
+                return written
+            self._out.flush()
+            fd = os.dup(self._out.fileno())
+        # fsync outside the lock: the writer keeps appending meanwhile (group commit).
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self.synced = max(self.synced, written)
+        return written
 
     def truncate(self, last_seq: int) -> int:
         """Drop every record after ``last_seq`` (a snapshot's position); return how many."""

@@ -163,6 +163,11 @@ class Build:
         self.add("texts", cast(Stream[TextPoints], others.trues))
         self.add("events", cast(Stream[Event], others.falses))
 
+    @property
+    def shard_levels(self) -> int:
+        """How many leading path levels key operator state (the site's ``shard``)."""
+        return int(self.site.site.shard_levels)
+
     # -- streams -------------------------------------------------------------------------
     @property
     def points(self) -> KeyedStream[PointBatch]:

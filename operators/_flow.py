@@ -12,7 +12,7 @@ from bytewax.operators import KeyedStream
 
 from wire.records import Event, Kpi, WindowAggregates
 
-__all__ = ["WindowScoresOut", "engine_flat_map", "pick", "score_windows"]
+__all__ = ["WindowScoresOut", "engine_flat_map", "pick", "score_windows", "shard_of_window"]
 
 
 def engine_flat_map(
@@ -40,19 +40,24 @@ class WindowScoresOut:
     events: Stream[Event]
 
 
-def _site_of_window(w: WindowAggregates) -> str:
-    return "/".join(w.tags[0].path.split("/", 2)[:2]) if w.tags else "_"
+def shard_of_window(w: WindowAggregates, levels: int) -> str:
+    """Return the shard of a window: the first ``levels`` path levels of its tags.
+
+    The aggregator closes windows per shard, so every tag of a window shares this prefix.
+    """
+    return "/".join(w.tags[0].path.split("/", levels)[:levels]) if w.tags else "_"
 
 
 @operator
 def score_windows(
-    step_id: str, up: Stream[WindowAggregates], factory: Callable[[], Any]
+    step_id: str, up: Stream[WindowAggregates], factory: Callable[[], Any], *, levels: int = 2
 ) -> WindowScoresOut:
-    """Run a per-site window processor (KPIs, ONNX scoring) over closed windows.
+    """Run a per-shard window processor (KPIs, ONNX scoring) over closed windows.
 
-    ``factory()`` builds an object whose ``process(window)`` returns ``(kpis, events)``.
+    ``factory()`` builds an object whose ``process(window)`` returns ``(kpis, events)``; its
+    state (e.g. cumulative energy) belongs to the window's shard, never to another site.
     """
-    keyed = op.key_on("site", up, _site_of_window)
+    keyed = op.key_on("shard", up, lambda w: shard_of_window(w, levels))
 
     def mapper(state: Any, w: WindowAggregates) -> tuple[Any, list[tuple[str, Any]]]:
         engine = state if state is not None else factory()

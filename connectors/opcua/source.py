@@ -164,6 +164,10 @@ class _Handler:
 
 
 class _Partition(ThreadedPartition[None]):
+    # Closing the session is one round trip; small PLC servers run out of sessions if a
+    # stop leaves them open until their timeout.
+    stop_grace_s = 1.5
+
     def __init__(self, src: OpcUaSource) -> None:
         cfg = src.cfg
         super().__init__(cfg.id, Channel(cfg.buffer_size, cfg.overflow), batch_size=10_000)
@@ -197,7 +201,7 @@ class _Partition(ThreadedPartition[None]):
     async def _guarded(self) -> None:
         main = asyncio.ensure_future(self._main())
         while not main.done():
-            await asyncio.wait([main], timeout=0.1)
+            await asyncio.wait([main], timeout=0.05)
             if self.wait(0) and not main.done():
                 main.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -292,7 +296,7 @@ class _Partition(ThreadedPartition[None]):
     async def _close(self, client: Client) -> None:
         # Close the session on every exit: small PLC servers run out of sessions otherwise.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(client.disconnect()), 2.0)
+            await asyncio.wait_for(asyncio.shield(client.disconnect()), 1.4)
 
     # -- nodes -------------------------------------------------------------------------------
     async def _discover(self, client: Client) -> None:

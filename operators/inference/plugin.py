@@ -43,6 +43,6 @@ def build(cfg: InferenceOp, b: Build) -> None:
     """Add model scores to ``kpis`` and threshold crossings to ``events``."""
     factory = partial(OnnxScorer, cfg.window_ms, cfg.assets, cfg.features, cfg.models)
     factory()  # fail now: missing model files, feature count mismatch, unknown outputs
-    scored = score_windows(cfg.id, b.stream("aggregates", cfg.id), factory)
+    scored = score_windows(cfg.id, b.stream("aggregates", cfg.id), factory, levels=b.shard_levels)
     b.add("kpis", scored.kpis)
     b.add("events", scored.events)

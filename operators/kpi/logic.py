@@ -1,13 +1,15 @@
 """Site KPIs computed from closed window aggregates.
 
-Per window (of ``window_ms``) and site:
+Per window (of ``window_ms``) and shard (the site by default; with a finer ``shard`` in the
+site config the KPIs are per area, line or machine and carry that path):
 
 - ``performance_ratio``: AC energy / (rated kW x plane-of-array irradiation in kWh/m2), only
   when the mean irradiance is at least ``min_irradiance_w_m2``;
 - ``renewable_share``: PV energy / load energy, clipped to [0, 1];
 - ``power_factor``: the time-weighted mean of the meter's power-factor tag;
 - ``battery_round_trip_efficiency``: cumulative discharged / charged energy since start (each
-  window's net battery energy counts as charge or discharge by its sign);
+  window's net battery energy counts as charge or discharge by its sign; a re-emitted window
+  replaces its earlier contribution, it never counts twice);
 - ``string_imbalance`` per inverter: ``max |I_s - mean| / mean`` over its string currents,
   when the mean current is at least ``min_string_current_a``. Crossing ``imbalance_threshold``
   raises an event, which clears when the imbalance falls below 80% of the threshold.
@@ -31,10 +33,13 @@ _MS_PER_HOUR = 3_600_000.0
 class KpiCalculator:
     """Turns closed windows into KPIs and imbalance events; keeps cumulative battery energy."""
 
-    def __init__(self, config: KpiOp) -> None:
+    def __init__(self, config: KpiOp, *, levels: int = 2) -> None:
         self.config = config
+        self.levels = levels
         self.charged_kwh = 0.0
         self.discharged_kwh = 0.0
+        # Net battery energy per window start, so a revision replaces what it counted.
+        self._battery_kwh: dict[int, float] = {}
         self._imbalanced: set[str] = set()
 
     def _sum_energy(self, w: WindowAggregates, pattern: str) -> tuple[float, int]:
@@ -46,7 +51,7 @@ class KpiCalculator:
         c = self.config
         if w.window_ms != c.window_ms or not len(w):
             return [], []
-        site_path = "/".join(w.tags[0].path.split("/")[:2])
+        site_path = "/".join(w.tags[0].path.split("/", self.levels)[: self.levels])
         kpis: list[Kpi] = []
         events: list[Event] = []
 
@@ -69,10 +74,7 @@ class KpiCalculator:
                 kpi("power_factor", float(w.twa[i]), "", path=t.path.rsplit("/", 1)[0])
         e_bat, n_bat = self._sum_energy(w, c.battery_power)
         if n_bat:
-            if e_bat > 0:
-                self.discharged_kwh += e_bat
-            else:
-                self.charged_kwh -= e_bat
+            self._count_battery(w, e_bat)
             if self.charged_kwh > 0:
                 kpi(
                     "battery_round_trip_efficiency",
@@ -100,6 +102,23 @@ class KpiCalculator:
                 self._imbalanced.discard(machine)
                 events.append(self._event(machine, w, imbalance, raised=False))
         return kpis, events
+
+    def _count_battery(self, w: WindowAggregates, e_bat: float) -> None:
+        before = self._battery_kwh.pop(w.start_ms, None)
+        if before is not None:
+            self._add_battery(before, sign=-1.0)
+        self._battery_kwh[w.start_ms] = e_bat
+        self._add_battery(e_bat)
+        # Revisions only reach windows within the reopen horizon; a day is far beyond it.
+        horizon = w.start_ms - 86_400_000
+        for start in [s for s in self._battery_kwh if s < horizon]:
+            del self._battery_kwh[start]
+
+    def _add_battery(self, e_bat: float, *, sign: float = 1.0) -> None:
+        if e_bat > 0:
+            self.discharged_kwh += sign * e_bat
+        else:
+            self.charged_kwh -= sign * e_bat
 
     def _event(self, machine: str, w: WindowAggregates, imbalance: float, *, raised: bool) -> Event:
         c = self.config

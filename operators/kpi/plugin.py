@@ -23,6 +23,11 @@ __all__ = ["build"]
 )
 def build(cfg: KpiOp, b: Build) -> None:
     """Add per-window KPIs to ``kpis`` and imbalance events to ``events``."""
-    scored = score_windows(cfg.id, b.stream("aggregates", cfg.id), partial(KpiCalculator, cfg))
+    scored = score_windows(
+        cfg.id,
+        b.stream("aggregates", cfg.id),
+        partial(KpiCalculator, cfg, levels=b.shard_levels),
+        levels=b.shard_levels,
+    )
     b.add("kpis", scored.kpis)
     b.add("events", scored.events)

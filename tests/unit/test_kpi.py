@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from operators.aggregate.logic import TumblingAggregator
@@ -96,3 +98,28 @@ def test_imbalance_event_clears_with_hysteresis():
 def test_other_window_sizes_are_ignored():
     calc = KpiCalculator(KpiOp(type="kpi", window_ms=900_000))
     assert calc.process(window({PV1: 1.0})) == ([], [])
+
+
+def test_a_re_emitted_window_replaces_its_battery_energy_instead_of_adding_it():
+    calc = KpiCalculator(KpiOp(type="kpi"))
+    calc.process(window({BESS: -60.0}, 0))  # charge 1 kWh
+    first = window({BESS: 54.0}, 60_000)  # discharge 0.9 kWh
+    calc.process(first)
+    # A late point reopened the window: revision 1 says 0.6 kWh were discharged.
+    revised = dataclasses.replace(window({BESS: 36.0}, 60_000), revision=1)
+    (kpi,), _ = calc.process(revised)
+    assert (kpi.name, kpi.value) == ("battery_round_trip_efficiency", pytest.approx(0.6, rel=1e-3))
+    assert (kpi.details["charged_kwh"], kpi.details["discharged_kwh"]) == pytest.approx(
+        (1.0, 0.6), rel=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    ("levels", "path"),
+    [(2, SITE), (3, f"{SITE}/storage"), (4, f"{SITE}/storage/bess")],
+)
+def test_kpis_carry_the_path_of_their_shard(levels, path):
+    calc = KpiCalculator(KpiOp(type="kpi"), levels=levels)
+    calc.process(window({BESS: -60.0}, 0))
+    kpis, _ = calc.process(window({BESS: 54.0}, 60_000))
+    assert [(k.name, k.path) for k in kpis] == [("battery_round_trip_efficiency", path)]
