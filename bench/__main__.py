@@ -13,7 +13,8 @@ The chain's aggregates must equal the numpy reference (row counts, point counts,
 Then ``live_latency`` (a 100k points/s stream paced in wall time, 190 s) and, when the
 infra/local services run, Kafka replay against raw consumption (case 2), sink rows/s
 (case 4), the live 100k points/s edge flow with a raw Kafka sink (case 5,
-:mod:`bench.live_kafka`) and protocol ingest (case 3, :mod:`bench.ingest`).
+:mod:`bench.live_kafka`), the processor on 1, 2 workers and 2 processes (case 6,
+:mod:`bench.scale_out`) and protocol ingest (case 3, :mod:`bench.ingest`).
 """
 
 from __future__ import annotations
@@ -137,20 +138,45 @@ def ingest_cases(quick: bool) -> None:
         )
 
 
+def _kafka_case(module: str, quick: bool) -> dict[str, Any] | None:
+    """Run ``python -m bench.MODULE``; its JSON line, or None (said so) when Kafka is down."""
+    if not _up(19092):
+        print(f"{module:<14} skipped: kafka is not running (bash infra/local/start.sh)")
+        return None
+    cmd = [sys.executable, "-m", f"bench.{module}"] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def live_kafka_case(quick: bool) -> None:
     """Case 5: the live 100k points/s edge flow with its raw points to Kafka keeps pace."""
-    if not _up(19092):
-        print("live_kafka     skipped: kafka is not running (bash infra/local/start.sh)")
+    r = _kafka_case("live_kafka", quick)
+    if r is None:
         return
-    cmd = [sys.executable, "-m", "bench.live_kafka"] + (["--quick"] if quick else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     print(
         f"{'live_kafka':<14} {r['points']:>11,.0f} pts {r['per_s']:>10,.0f} pts/s (offered "
         f"{r['offered_per_s']:,}/s; without the Kafka sink {r['reference_per_s']:,.0f}/s); "
         f"raw topic lag p50 {r['lag_p50_ms']:.0f} ms, p99 {r['lag_p99_ms']:.0f} ms, "
         f"max {r['lag_max_ms']:.0f} ms over {r['messages']:,} messages (goal: < 1,000 ms)"
     )
+
+
+def scale_out_case(quick: bool) -> None:
+    """Case 6: the processor on 1 worker, 2 workers and a 2-process cluster, side by side."""
+    r = _kafka_case("scale_out", quick)
+    if r is None:
+        return
+    print(
+        f"scale_out (case 6): {r['points']:,} points of {r['tags']:,} tags, 4 sites, "
+        "6 partitions, shard = line"
+    )
+    print(f"{'layout':<14} {'points/s':>12} {'speedup':>8} {'CPU s per process':>22}  peak MB")
+    for name in ("1 worker", "2 workers", "2 processes"):
+        x = r[name]
+        cpu = " + ".join(f"{c:.1f}" for c in x["cpu_s"])
+        rss = " + ".join(f"{m:.0f}" for m in x["rss_mb"])
+        print(f"{name:<14} {x['per_s']:>12,.0f} {x['speedup']:>7.2f}x {cpu:>22}  {rss}")
 
 
 def main() -> None:
@@ -197,6 +223,7 @@ def main() -> None:
         )
     service_cases(args.quick)
     live_kafka_case(args.quick)
+    scale_out_case(args.quick)
     ingest_cases(args.quick)
     print(f"# total {time.perf_counter() - t0:.0f} s")
     if failures:

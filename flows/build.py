@@ -41,21 +41,28 @@ def shard_batches(batch: PointBatch, levels: int) -> list[tuple[str, PointBatch]
     """Split a batch by the first ``levels`` path levels of its tags: ``[(shard, batch)]``.
 
     State and watermarks are kept per shard, so a batch must never carry two shards (a Kafka
-    batch may hold several sites). The split is cached per tag table.
+    batch may hold several sites). Each part carries only its own shard's tag table: a part
+    that moves to another worker or process is pickled with it. The split is cached per table.
     """
-    plan = _shard_plan(batch.tags, levels)
-    if len(plan[0]) == 1:
-        return [(plan[0][0], batch)]
+    keys, of_tag, tables, local = _shard_plan(batch.tags, levels)
+    if len(keys) == 1:
+        return [(keys[0], batch)]
     if not len(batch):
         return []
-    of_point = plan[1][batch.tag_idx]
-    return [(key, batch.select(of_point == k)) for k, key in enumerate(plan[0])]
+    of_point = of_tag[batch.tag_idx]
+    out = []
+    for k, key in enumerate(keys):
+        part = batch.select(of_point == k)
+        if len(part):
+            out.append((key, part.with_tags(tables[k], local[part.tag_idx])))
+    return out
 
 
-_PLANS: dict[tuple[int, int], tuple[Any, tuple[list[str], Any]]] = {}
+_Plan = tuple[list[str], Any, list[tuple[Any, ...]], Any]
+_PLANS: dict[tuple[int, int], tuple[Any, _Plan]] = {}
 
 
-def _shard_plan(tags: tuple[Any, ...], levels: int) -> tuple[list[str], Any]:
+def _shard_plan(tags: tuple[Any, ...], levels: int) -> _Plan:
     hit = _PLANS.get((id(tags), levels))
     if hit is not None and hit[0] is tags:
         return hit[1]
@@ -63,13 +70,19 @@ def _shard_plan(tags: tuple[Any, ...], levels: int) -> tuple[list[str], Any]:
 
     keys: list[str] = []
     index: dict[str, int] = {}
+    members: list[list[Any]] = []
     of_tag = np.empty(len(tags), np.int32)
+    local = np.empty(len(tags), np.int32)
     for i, t in enumerate(tags):
         key = "/".join(t.path.split("/", levels)[:levels])
-        of_tag[i] = index.setdefault(key, len(keys))
-        if len(keys) < len(index):
+        k = index.setdefault(key, len(keys))
+        if k == len(keys):
             keys.append(key)
-    plan = (keys or ["_"], of_tag)
+            members.append([])
+        of_tag[i] = k
+        local[i] = len(members[k])
+        members[k].append(t)
+    plan: _Plan = (keys or ["_"], of_tag, [tuple(m) for m in members], local)
     if len(_PLANS) > 256:
         _PLANS.clear()
     _PLANS[(id(tags), levels)] = (tags, plan)

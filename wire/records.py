@@ -312,6 +312,13 @@ class PointBatch:
     def __len__(self) -> int:
         return len(self.ts_ms)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A batch crosses workers and processes pickled (bytewax's exchange): send its tag
+        # table as plain strings, and let the receiver reuse a table it already holds.
+        table = (tuple(t.path for t in self.tags), tuple(t.unit for t in self.tags))
+        columns = (self.tag_idx, self.ts_ms, self.value, self.quality)
+        return _unpickle_batch, (table, columns, self.source, self.received_ms, self.extra)
+
     @classmethod
     def empty(cls, *, source: str = "", received_ms: int = 0) -> PointBatch:
         """Return a batch with no points."""
@@ -431,6 +438,19 @@ class PointBatch:
             source=source,
             received_ms=received_ms,
             extra=self.extra if extra is None else extra,
+        )
+
+    def with_tags(self, tags: tuple[TagRef, ...], tag_idx: npt.NDArray[np.int32]) -> PointBatch:
+        """Return the same points indexed into another tag table."""
+        return PointBatch(
+            tags,
+            tag_idx.astype(np.int32, copy=False),
+            self.ts_ms,
+            self.value,
+            self.quality,
+            source=self.source,
+            received_ms=self.received_ms,
+            extra=self.extra,
         )
 
     def with_values(
@@ -792,3 +812,25 @@ def coerce_points(
         numeric.append(replace(p, value=value))
     batch, _ = PointBatch.from_points(numeric, source=source)
     return batch, text, dead
+
+
+_TABLES: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[TagRef, ...]] = {}
+
+
+def _unpickle_batch(
+    table: tuple[tuple[str, ...], tuple[str, ...]],
+    columns: tuple[Any, Any, Any, Any],
+    source: str,
+    received_ms: int,
+    extra: dict[str, Any],
+) -> PointBatch:
+    """Rebuild a pickled :class:`PointBatch`; equal tag tables come back as one object.
+
+    Operators cache per tag table; a received table that keeps its identity keeps them warm.
+    """
+    tags = _TABLES.get(table)
+    if tags is None:
+        if len(_TABLES) >= 4096:
+            _TABLES.clear()
+        tags = _TABLES[table] = tuple(TagRef(path, unit) for path, unit in zip(*table, strict=True))
+    return PointBatch(tags, *columns, source=source, received_ms=received_ms, extra=extra)

@@ -42,7 +42,8 @@ def _consumer(config: dict[str, Any]) -> Consumer:
             "group.id": config.get("group.id", "edgeflow"),
             "enable.auto.commit": False,
             "enable.partition.eof": False,
-            "auto.offset.reset": "earliest",
+            # Never skip silently: a position that retention deleted is an error we report.
+            "auto.offset.reset": "error",
             "isolation.level": "read_committed",
             "log_level": 0,
             **config,
@@ -109,21 +110,7 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
         if resume is not None:
             offset = resume
             if resume < low:
-                deleted = f"offsets {resume}..{low - 1} of {self.name}"
-                if stop is not None:
-                    msg = (
-                        f"Kafka topic {src.topic!r} no longer holds {deleted}: retention "
-                        "deleted them before this replay read them; the replay cannot be exact"
-                    )
-                    raise SourceError(msg)
-                self.pending.append(
-                    DeadLetter(
-                        "kafka",
-                        f"retention deleted {deleted} before they were read",
-                        b"",
-                        source=self.name,
-                    )
-                )
+                self._deleted(resume, low)
                 offset = low
         elif src.start_ms is not None:
             (found,) = self.consumer.offsets_for_times(
@@ -138,6 +125,23 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
         self.decoder = PointsDecoder()
         self._tags: tuple[TagRef, ...] = ()
         self.caught_up = False
+
+    def _deleted(self, first: int, low: int) -> None:
+        """Report offsets deleted before they were read: a replay fails, a live reader goes on."""
+        deleted = f"offsets {first}..{low - 1} of {self.name}"
+        if self.stop is not None:
+            msg = (
+                f"Kafka topic {self.src.topic!r} no longer holds {deleted}: retention deleted "
+                "them before this replay read them; the replay cannot be exact (keep history "
+                "in a topic with retention.ms=-1)"
+            )
+            raise SourceError(msg)
+        log.error("%s: retention deleted %s before they were read", self.name, deleted)
+        self.pending.append(
+            DeadLetter(
+                "kafka", f"retention deleted {deleted} before they were read", b"", source=self.name
+            )
+        )
 
     def _finished(self) -> bool:
         return self.stop is not None and self.next_offset >= self.stop
@@ -158,6 +162,14 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
                     # Past a transaction marker (it has an offset, never a message).
                     self.next_offset = max(self.next_offset, int(m.offset() or 0))
                     continue
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    # Our position was deleted under us (retention) while we read.
+                    tp = KafkaTopicPartition(self.src.topic, self.partition)
+                    low, _high = self.consumer.get_watermark_offsets(tp, timeout=10)
+                    self._deleted(self.next_offset, low)
+                    self.next_offset = low
+                    self.consumer.assign([KafkaTopicPartition(self.src.topic, self.partition, low)])
+                    break
                 msg = f"Kafka error on {self.name}: {err}"
                 raise SourceError(msg)
             offset = int(m.offset() or 0)

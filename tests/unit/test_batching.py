@@ -87,3 +87,52 @@ def test_validation_of_a_merged_batch_uses_each_points_receive_time():
 def test_bad_limits(points, delay):
     with pytest.raises(RuleError):
         Coalescer(max_points=points, max_delay_ms=delay)
+
+
+SITES = (
+    TagRef("acme/north/pv/l1/inv-1/p", "kW"),
+    TagRef("acme/south/pv/l1/inv-1/p", "kW"),
+    TagRef("acme/north/pv/l2/inv-2/p", "kW"),
+    TagRef("acme/south/grid/poc/meter/f", "Hz"),
+)
+
+
+@pytest.mark.parametrize(
+    ("levels", "shards"),
+    [
+        (2, {"acme/north": ["p@1", "p@3"], "acme/south": ["p@2", "f@4"]}),
+        (
+            4,
+            {
+                "acme/north/pv/l1": ["p@1"],
+                "acme/south/pv/l1": ["p@2"],
+                "acme/north/pv/l2": ["p@3"],
+                "acme/south/grid/poc": ["f@4"],
+            },
+        ),
+    ],
+)
+def test_a_batch_splits_into_shards_that_carry_only_their_own_tags(levels, shards):
+    from flows.build import shard_batches
+
+    batch = PointBatch(
+        SITES,
+        np.array([0, 1, 2, 3], np.int32),
+        np.array([1, 2, 3, 4], np.int64),
+        np.array([1.0, 2.0, 3.0, 4.0]),
+        np.zeros(4, np.uint8),
+        source="k:0",
+        received_ms=9,
+    )
+    parts = shard_batches(batch, levels)
+    got = {
+        key: [
+            f"{part.tags[i].path.rsplit('/', 1)[1]}@{t}"
+            for i, t in zip(part.tag_idx, part.ts_ms, strict=True)
+        ]
+        for key, part in parts
+    }
+    assert got == shards
+    for key, part in parts:
+        assert all(t.path.startswith(key + "/") for t in part.tags)
+        assert (part.source, part.received_ms) == ("k:0", 9)
