@@ -3,7 +3,7 @@
 Reads the raw topic that edge flows write and runs the operator chain of ``EDGEFLOW_SITE``
 (default: ``flows/sites/process.yaml``: Kafka in; aggregates, events and KPIs to Kafka and
 TimescaleDB). Several edge flows can feed one processor; the raw topic's partitions (keyed by
-tag path) let several processor workers or processes share the load.
+shard) let several processor workers or processes share the load.
 """
 
 from __future__ import annotations
