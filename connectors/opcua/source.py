@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,8 @@ class _Partition(ThreadedPartition[None]):
         self._first: set[int] = set()
         self._last_src: dict[int, int | None] = {}
         self._session_ms = 0
+        self._session_open = False
+        self._closing = False
         self.start()
 
     def _put(self, item: SourceItem | None) -> None:
@@ -202,7 +205,9 @@ class _Partition(ThreadedPartition[None]):
         main = asyncio.ensure_future(self._main())
         while not main.done():
             await asyncio.wait([main], timeout=0.05)
-            if self.wait(0) and not main.done():
+            # On a stop, cancel the session's work, but never its closing (bounded on its own):
+            # a cancelled close leaves the session open on the server.
+            if self.wait(0) and not main.done() and not self._closing:
                 main.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await main
@@ -217,6 +222,7 @@ class _Partition(ThreadedPartition[None]):
             try:
                 client = self._client()
                 await self._connect(client)
+                self._session_open = True
                 self.connects += 1
                 self._session_ms = now_ms()
                 await self._discover(client)
@@ -295,8 +301,21 @@ class _Partition(ThreadedPartition[None]):
 
     async def _close(self, client: Client) -> None:
         # Close the session on every exit: small PLC servers run out of sessions otherwise.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(client.disconnect()), 1.4)
+        opened, self._session_open = self._session_open, False
+        t0 = time.monotonic()
+        self._closing = True
+        try:
+            await asyncio.wait_for(client.disconnect(), 1.4)
+        except Exception as e:  # the server is gone or too slow: it times the session out
+            if opened:
+                why = str(e) or type(e).__name__
+                log.warning("%s: closing the OPC UA session failed: %s", self.cfg.id, why)
+        else:
+            if opened:
+                took_ms = 1000 * (time.monotonic() - t0)
+                log.info("%s: OPC UA session closed (%.0f ms)", self.cfg.id, took_ms)
+        finally:
+            self._closing = False
 
     # -- nodes -------------------------------------------------------------------------------
     async def _discover(self, client: Client) -> None:

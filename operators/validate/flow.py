@@ -41,6 +41,8 @@ def _validate_mapper(rules: ValidateOp, step_id: str) -> Any:
         if len(res.ok):
             out.append(("ok", res.ok))
         out.extend(("err", d) for d in res.rejected)
+        changes = [(ref, ts, "raised") for ref, ts in res.newly_stale]
+        changes += [(ref, ts, "cleared") for ref, ts in res.stale_cleared]
         out.extend(
             (
                 "event",
@@ -50,11 +52,15 @@ def _validate_mapper(rules: ValidateOp, step_id: str) -> Any:
                     path=ref.path,
                     ts_ms=ts,
                     severity="warning",
-                    state="raised",
-                    message=f"value unchanged for {rules.stale_after_ms} ms",
+                    state=state,
+                    message=(
+                        f"value unchanged for {rules.stale_after_ms} ms"
+                        if state == "raised"
+                        else "value changes again"
+                    ),
                 ),
             )
-            for ref, ts in res.newly_stale
+            for ref, ts, state in sorted(changes, key=lambda c: (c[1], c[0].path, c[2]))
         )
         return v, out
 

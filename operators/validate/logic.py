@@ -12,11 +12,14 @@ Checks, in order, each rejecting into dead letters with a reason:
 
 Then unit conversion (e.g. kW -> MW) rewrites value and unit, and stale detection marks points
 whose value has not changed for ``stale_after_ms`` as UNCERTAIN (they are still delivered).
+Stale is judged per tag in arrival order: an episode is raised at its first stale point and
+cleared at the next change of value, whatever the batching.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +38,7 @@ class ValidationResult:
     ok: PointBatch
     rejected: list[DeadLetter]
     newly_stale: list[tuple[TagRef, int]] = field(default_factory=list)
+    stale_cleared: list[tuple[TagRef, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,17 +221,18 @@ class Validator(PickleCopy):
         ok = batch.select(keep) if bad.any() else batch
         ok_gid = gid[keep]
         newly_stale: list[tuple[TagRef, int]] = []
+        cleared: list[tuple[TagRef, int]] = []
         if len(ok):
             value = ok.value
             if table.converts:
                 value = value * table.factor[ok.tag_idx] + table.offset[ok.tag_idx]
             quality = ok.quality
             if r.stale_after_ms is not None:
-                quality, newly_stale = self._stale_check(ok, ok_gid, value, table.stale)
+                quality, newly_stale, cleared = self._stale_check(ok, ok_gid, value, table.stale)
             else:
                 self._remember(ok_gid, ok.ts_ms, value)
             ok = ok.with_values(value, tags=table.out_tags, quality=quality)
-        return ValidationResult(ok, rejected, newly_stale)
+        return ValidationResult(ok, rejected, newly_stale, cleared)
 
     def _remember(
         self, gid: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], value: npt.NDArray[np.float64]
@@ -245,39 +250,54 @@ class Validator(PickleCopy):
         gid: npt.NDArray[np.int64],
         value: npt.NDArray[np.float64],
         stale_tags: npt.NDArray[np.bool_],
-    ) -> tuple[npt.NDArray[np.uint8], list[tuple[TagRef, int]]]:
+    ) -> tuple[npt.NDArray[np.uint8], list[tuple[TagRef, int]], list[tuple[TagRef, int]]]:
+        """Mark points of unchanged value UNCERTAIN; return the tags whose episodes began/ended.
+
+        Each tag's points are taken in arrival order (never re-sorted by time), one after the
+        other, carrying the last value, the time its run of equal values began and whether it
+        was stale from one batch to the next: how the points are batched cannot change it.
+        """
         assert self.rules.stale_after_ms is not None
-        order = np.lexsort((ok.ts_ms, gid))
+        order = np.argsort(gid, kind="stable")
         g, t, v = gid[order], ok.ts_ms[order], value[order]
+        n = len(g)
         first = np.r_[True, g[1:] != g[:-1]]
         last = np.r_[g[1:] != g[:-1], True]
         prev_v = np.where(first, self._last_val[g], np.r_[np.nan, v[:-1]])
-        changed = v != prev_v
-        base = np.where(first & ~changed, self._last_change[g], -1)
-        change_ts = np.where(changed, t, base)
-        seg = np.cumsum(first)
-        # Running max of the last change time within each tag's run: offset runs apart.
-        off = seg.astype(np.int64) << 43
-        floor = np.iinfo(np.int64).min // 4
-        lifted = np.where(change_ts >= 0, change_ts, np.where(first, floor, -1)) + off
-        last_change = np.maximum.accumulate(lifted) - off
-        stale_sorted = (t - last_change >= self.rules.stale_after_ms) & stale_tags[
-            ok.tag_idx[order]
-        ]
+        changed = v != prev_v  # NaN (nothing before) never equals
+        # The run's start is the newest change in arrival order (a delayed point may carry an
+        # older time): carry the position of the last change forward within each tag.
+        pos = np.arange(n)
+        at = _run_max(g, np.where(changed | first, pos, -1))
+        change_ts = np.where(changed[at], t[at], self._last_change[g[at]])
+        stale_sorted = (t - change_ts >= self.rules.stale_after_ms) & stale_tags[ok.tag_idx[order]]
         quality = ok.quality.copy()
         stale_pts = order[stale_sorted]
         quality[stale_pts] = np.maximum(quality[stale_pts], int(Quality.UNCERTAIN))
-        newly: list[tuple[TagRef, int]] = []
+        # An episode starts at the first stale point and ends only when the value changes (a
+        # delayed point inside it is not stale itself, but does not end it).
+        carried = self._stale[g] & first  # an episode open from earlier batches
+        last_start = _run_max(g, np.where(stale_sorted | carried, pos, -1) + 1)
+        last_change = _run_max(g, np.where(changed, pos, -1) + 1)
+        in_episode = (last_start > last_change) | ((last_start == last_change) & stale_sorted)
+        before = np.where(first, self._stale[g], np.r_[False, in_episode[:-1]])
+        raised = stale_sorted & ~before
+        cleared = changed & before
+
+        def where(mask: npt.NDArray[np.bool_]) -> list[tuple[TagRef, int]]:
+            return [(ok.tags[int(ok.tag_idx[order[k]])], int(t[k])) for k in np.flatnonzero(mask)]
+
         end_g = g[last]
-        end_stale = stale_sorted[last]
-        was = self._stale[end_g]
-        last_pos = order[np.flatnonzero(last)]
-        for k in np.flatnonzero(end_stale & ~was).tolist():
-            newly.append((ok.tags[int(ok.tag_idx[last_pos[k]])], int(t[last][k])))
-        newer = t[last] >= self._last_ts[end_g]
-        upd = end_g[newer]
-        self._last_ts[upd] = t[last][newer]
-        self._last_val[upd] = v[last][newer]
-        self._last_change[upd] = last_change[last][newer]
-        self._stale[upd] = end_stale[newer]
-        return quality, newly
+        self._last_ts[end_g] = np.maximum(self._last_ts[end_g], _run_max(g, t)[last])
+        self._last_val[end_g] = v[last]
+        self._last_change[end_g] = change_ts[last]
+        self._stale[end_g] = in_episode[last]
+        return quality, where(raised), where(cleared)
+
+
+def _run_max(g: npt.NDArray[Any], t: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Return the running maximum of ``t`` within runs of equal ``g`` (``-1 <= t < 2**42``)."""
+    first = np.r_[True, g[1:] != g[:-1]]
+    off = (np.cumsum(first).astype(np.int64) - 1) << 42
+    out: npt.NDArray[np.int64] = np.maximum.accumulate(t + off) - off
+    return out

@@ -286,7 +286,8 @@ def test_a_dead_modbus_device_beside_a_live_subscription_loses_nothing(server, t
     assert proc.returncode == 0, err[-2000:]
     assert stop_s < 2.0
     # The session was closed on exit: only our own check session remains.
-    assert asyncio.run(_session_count(server.ready)) == 1
+    assert asyncio.run(_session_count(server.ready)) == 1, err[-3000:]
+    assert "OPC UA session closed" in err
     raw = read_jsonl(tmp_path / "out" / "raw.jsonl")
     speed = sorted(r["value"] for r in raw if r["path"] == "acme/s1/u/w/Pump-07/Speed")
     # Speed counts up every 100 ms; sampled at 50 ms and queued, every value must arrive.

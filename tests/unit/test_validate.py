@@ -151,7 +151,8 @@ def test_stale_values_marked_uncertain_and_reported_once():
     assert r1.ok.quality.tolist() == [0, 0, 0, 0, 0] and r1.newly_stale == []
     r2 = v.process(batch([(P, 3000, 5.0), (P, 4000, 5.0)]))
     assert r2.ok.quality.tolist() == [1, 1]
-    assert [(t.path, ts) for t, ts in r2.newly_stale] == [(P.path, 4000)]
+    # Reported at the first stale point (not at the batch's last): batching cannot move it.
+    assert [(t.path, ts) for t, ts in r2.newly_stale] == [(P.path, 3000)]
     r3 = v.process(batch([(P, 5000, 5.0)]))
     assert r3.ok.quality.tolist() == [1] and r3.newly_stale == []
     r4 = v.process(batch([(P, 6000, 6.0), (P, 7000, 6.0)]))
@@ -199,3 +200,47 @@ def test_coerce_keeps_declared_text_tags():
     pts = [Point(1, ctx, "mode", "RUNNING"), Point(1, ctx, "power", "5")]
     batch, texts, letters = coerce_points(pts, text_tags="mode")
     assert [t.tag for t in texts] == ["mode"] and batch.value.tolist() == [5.0] and letters == []
+
+
+@pytest.mark.parametrize(
+    ("points", "uncertain", "episodes"),
+    [
+        pytest.param(
+            [(0, 5.0), (1000, 5.0), (3000, 5.0)], [3000], [(3000, "raised")], id="in-order"
+        ),
+        # A delayed point of the same value arrives after newer ones: it neither starts a new
+        # run nor counts back in time.
+        pytest.param(
+            [(0, 5.0), (3000, 5.0), (1000, 5.0), (4000, 5.0)],
+            [3000, 4000],
+            [(3000, "raised")],
+            id="delayed",
+        ),
+        # A delayed different value breaks the run where it arrives.
+        pytest.param(
+            [(0, 5.0), (3000, 5.0), (1000, 7.0), (4000, 5.0)],
+            [3000],
+            [(3000, "raised"), (1000, "cleared")],
+            id="broken",
+        ),
+        pytest.param(
+            [(0, 5.0), (3000, 5.0), (3500, 6.0), (6500, 6.0)],
+            [3000, 6500],
+            [(3000, "raised"), (3500, "cleared"), (6500, "raised")],
+            id="raised-twice",
+        ),
+    ],
+)
+@pytest.mark.parametrize("cut", [1, 2, 3, 4])
+def test_stale_depends_on_arrival_order_not_on_batching(points, uncertain, episodes, cut):
+    v = Validator(ValidateOp(type="validate", stale_after_ms=3000, stale_tags="*power"))
+    got_uncertain: list[int] = []
+    got_episodes: list[tuple[int, str]] = []
+    for k in range(0, len(points), cut):
+        part = points[k : k + cut]
+        r = v.process(batch([(P, ts, x) for ts, x in part]))
+        got_uncertain += [ts for (ts, _), q in zip(part, r.ok.quality.tolist(), strict=True) if q]
+        got_episodes += [(ts, "raised") for _, ts in r.newly_stale]
+        got_episodes += [(ts, "cleared") for _, ts in r.stale_cleared]
+    # Events are keyed by time: their order within one batch is not a result.
+    assert (got_uncertain, sorted(got_episodes)) == (uncertain, sorted(episodes))
