@@ -96,13 +96,9 @@ def aggregate(
 def late_dead_letters(batch: PointBatch, *, stage: str, window_ms: int) -> list[DeadLetter]:
     """Turn late points into dead letters that say which closed window they missed."""
     label = window_label(window_ms)
-    expired = batch.extra.get("expired")
     out = []
-    for i, p in enumerate(batch.to_points()):
+    for p in batch.to_points():
         start = ms_to_iso(p.ts_ms - p.ts_ms % window_ms)
-        if expired is not None and expired[i]:
-            why = f"late: {label} window starting {start} is past the reopen horizon"
-        else:
-            why = f"late: {label} window starting {start} is closed for this tag"
+        why = f"late: {label} window starting {start} is closed for this tag"
         out.append(DeadLetter(stage, why, p.to_dict(), source=p.source))
     return out

@@ -258,6 +258,7 @@ class _Win:
     slices: dict[int, _Slice] = field(default_factory=dict)
     revision: int = -1  # -1: never emitted
     held: npt.NDArray[np.intp] = field(default_factory=lambda: np.empty(0, np.intp))
+    tag_ids: npt.NDArray[np.int32] | None = None  # cache of gids(); None after a change
 
     def summary(self) -> Summary:
         return combine([self.slices[k].summary() for k in sorted(self.slices)])
@@ -270,13 +271,38 @@ class _Win:
 
     def copy(self) -> _Win:
         slices = {k: v.copy() for k, v in self.slices.items()}
-        return _Win(slices, self.revision, self.held)
+        return _Win(slices, self.revision, self.held, self.tag_ids)
+
+    def add(self, key: int, gid: npt.NDArray[np.int32], ts: I64, value: F64) -> None:
+        """Add points to the slice starting at ``key``."""
+        self.slices.setdefault(key, _Slice()).add(gid, ts, value)
+        self.tag_ids = None
+
+    def gids(self) -> npt.NDArray[np.int32]:
+        """Tag ids with points in this window."""
+        if self.tag_ids is None:
+            self.tag_ids = np.unique(
+                np.concatenate([sl.summary().gid for sl in self.slices.values()])
+            )
+        return self.tag_ids
 
 
 @dataclass(slots=True)
 class _Rollup:
     parts: dict[int, Summary] = field(default_factory=dict)
     revision: int = -1
+    tag_ids: npt.NDArray[np.int32] | None = None  # cache of gids(); None after a change
+
+    def put(self, start: int, summary: Summary) -> None:
+        """Set the summary of the base window at ``start``."""
+        self.parts[start] = summary
+        self.tag_ids = None
+
+    def gids(self) -> npt.NDArray[np.int32]:
+        """Tag ids with points in this rollup window."""
+        if self.tag_ids is None:
+            self.tag_ids = np.unique(np.concatenate([p.gid for p in self.parts.values()]))
+        return self.tag_ids
 
 
 class TumblingAggregator(PickleCopy):
@@ -291,10 +317,13 @@ class TumblingAggregator(PickleCopy):
     input sources (e.g. Kafka partitions) of the newest event time each delivered, minus the
     allowed lateness, so a fast partition cannot close windows a slow one still feeds. A point
     that is on time for its tag but whose window already closed reopens it: the window is
-    re-emitted with ``revision + 1`` (same natural key; sinks upsert). Windows stay reopenable
-    for ``reopen_horizon_ms`` past their end; a point for an older window is late
-    ("expired"). Final results therefore depend only on each tag's own order, which Kafka
-    keeps per partition: a replay ends with the same rows as the live run.
+    re-emitted with ``revision + 1`` (same natural key; sinks upsert). A closed window is kept
+    until every tag with points in it has passed its end + lateness (so memory follows the
+    slowest tag, not a fixed horizon); a tag that had no point in a forgotten window and then
+    sends one starts it afresh with its own rows. Final rows therefore depend only on each
+    tag's own order, never on batching or on how sources interleave: a replay ends with the
+    same rows as the live run. ``reopen_horizon_ms`` is accepted and ignored (it used to
+    bound reopening by the watermark, which made results depend on the interleaving).
     """
 
     def __init__(
@@ -356,7 +385,9 @@ class TumblingAggregator(PickleCopy):
         new._tag_max = self._tag_max.copy()
         new._open = {k: w.copy() for k, w in self._open.items()}
         new._closed = {k: w.copy() for k, w in self._closed.items()}
-        new._rollups = {k: _Rollup(dict(r.parts), r.revision) for k, r in self._rollups.items()}
+        new._rollups = {
+            k: _Rollup(dict(r.parts), r.revision, r.tag_ids) for k, r in self._rollups.items()
+        }
         new._source_max = dict(self._source_max)
         return new
 
@@ -407,25 +438,7 @@ class TumblingAggregator(PickleCopy):
         gid = self._luts.get(batch.tags)[batch.tag_idx]
         ts = batch.ts_ms
         late = self._tag_late(gid, ts)
-        start = (ts // self.window_ms) * self.window_ms
-        expired = np.zeros(len(ts), np.bool_)
-        if self._closed_through is not None:
-            wm = self.watermark_ms(now_wall_ms)
-            floor = -(1 << 62) if wm is None else wm - self.reopen_horizon_ms
-            expired = ~late & (start < self._closed_through) & (start + self.window_ms <= floor)
-            expired &= (
-                np.fromiter((s not in self._closed for s in start.tolist()), np.bool_, len(start))
-                if expired.any()
-                else expired
-            )
-            late |= expired
-        late_batch = PointBatch.empty()
-        if late.any():
-            late_batch = batch.select(late).with_meta(
-                source=batch.source,
-                received_ms=batch.received_ms,
-                extra={"expired": expired[late]},
-            )
+        late_batch = batch.select(late) if late.any() else PointBatch.empty()
         self.points_late += len(late_batch)
         keep = ~late
         dirty: set[int] = set()
@@ -446,7 +459,7 @@ class TumblingAggregator(PickleCopy):
                     dirty.add(wstart)
                 else:
                     win = self._open.setdefault(wstart, _Win())
-                win.slices.setdefault(key, _Slice()).add(gid_k[sel], ts_k[sel], val_k[sel])
+                win.add(key, gid_k[sel], ts_k[sel], val_k[sel])
             newest = int(ts_k.max())
             src = batch.source or "_"
             if newest > self._source_max.get(src, np.iinfo(np.int64).min):
@@ -478,14 +491,25 @@ class TumblingAggregator(PickleCopy):
             passed = start + self.window_ms + self.allowed_lateness_ms
             if len(win.held) and (self._tag_max[win.held] >= passed).any():
                 win.release(self._tag_max < passed)
-        floor = wm - self.reopen_horizon_ms
-        for start in [s for s in self._closed if s + self.window_ms <= floor]:
+        # A closed window (or emitted rollup) is forgotten once every tag with points in it has
+        # passed its end + lateness: none of them can send it an on-time point any more. This
+        # depends only on each tag's own order, never on how sources interleave. A tag that
+        # had no point in a forgotten window and later sends one starts it afresh (its rows
+        # are its own).
+        for start in [
+            s for s, w in self._closed.items() if self._all_passed(w.gids(), s + self.window_ms)
+        ]:
             del self._closed[start]
         for key in [
-            k for k, r in self._rollups.items() if r.revision >= 0 and k[1] + k[0] <= floor
+            k
+            for k, r in self._rollups.items()
+            if r.revision >= 0 and self._all_passed(r.gids(), k[1] + k[0])
         ]:
             del self._rollups[key]
         return out
+
+    def _all_passed(self, gids: npt.NDArray[np.int32], end_ms: int) -> bool:
+        return bool((self._tag_max[gids] >= end_ms + self.allowed_lateness_ms).all())
 
     def flush(self) -> list[WindowAggregates]:
         """Close all windows (end of input)."""
@@ -518,7 +542,9 @@ class TumblingAggregator(PickleCopy):
             out.append(self._emit(summary, self.window_ms, start, closed_by, win.revision))
             for r in self.rollup_ms:
                 key = (r, start - start % r)
-                self._rollups.setdefault(key, _Rollup()).parts[start] = summary
+                ru = self._rollups.setdefault(key, _Rollup())
+                # A window started afresh holds only its new tags: keep the others' rows.
+                ru.put(start, _override(ru.parts.get(start), summary))
                 touched.add(key)
         for key in sorted(touched, key=lambda k: (k[1] + k[0], k[0])):
             ru = self._rollups[key]
@@ -540,7 +566,7 @@ class TumblingAggregator(PickleCopy):
             self._closed[start] = win
             out.append(self._emit(summary, self.window_ms, start, closed_by, 0))
             for r in self.rollup_ms:
-                self._rollups.setdefault((r, start - start % r), _Rollup()).parts[start] = summary
+                self._rollups.setdefault((r, start - start % r), _Rollup()).put(start, summary)
         self._closed_through = (
             through if self._closed_through is None else max(through, self._closed_through)
         )

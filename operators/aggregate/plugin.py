@@ -29,7 +29,10 @@ class AggregateOp(OperatorModel):
         "turn off for deterministic replays",
     )
     reopen_horizon_ms: int | None = Field(
-        default=None, ge=0, description="how long closed windows can be reopened; default window_ms"
+        default=None,
+        ge=0,
+        description="ignored (kept for old site files): closed windows are kept until every "
+        "tag in them has passed their end + allowed_lateness_ms",
     )
 
     def for_replay(self) -> AggregateOp:

@@ -282,15 +282,14 @@ def _dump(row: dict[str, Any]) -> str:
 
 SEEDS = [1, 2, 3, 4, 5]
 
-# Known, open (issues 12 and 13): with batches of thousands of points from sources that start
-# at different moments, the aggregator forgets windows by the shard watermark (the minimum over
-# the sources seen so far), so points of a source that starts late, or sends one long batch,
-# can fall past the reopen horizon ("expired" late points) depending on the interleaving. The
-# per-tag lateness itself is deterministic. Strict: when it is fixed these cases must pass.
+# Known, open (issue 13): when a source that started late sends old data into windows the
+# aggregator has already forgotten (every tag in them had moved on), the window is started
+# afresh with only the new tags' rows. Aggregates stay exact (rows are per tag), but KPIs and
+# model features computed from that window see only those tags. Strict: when it is fixed these
+# cases must pass.
 KNOWN = {
-    ("aggregate", 3): "window expiry follows the shard watermark",
-    ("kpi", 3): "fed by the aggregator (window expiry)",
-    ("inference", 3): "fed by the aggregator (window expiry)",
+    ("kpi", 3): "KPIs of a window started afresh see only its new tags",
+    ("inference", 3): "features of a window started afresh see only its new tags",
 }
 
 
