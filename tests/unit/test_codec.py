@@ -38,27 +38,23 @@ def batch(**extra) -> PointBatch:
     )
 
 
+# The columns of batch(), written out for the specification's encoder.
+SPEC_COLUMNS = (
+    [("e/s/a/l/m/p", "kW"), ("e/s/a/l/m/t", "°C")],
+    [0, 1, 0, 1, 0],
+    [1, 2, 3, 4, 5],
+    [1.5, -2.0, float("nan"), 4.0, 5.5],
+    [0, 1, 2, 0, 0],
+)
+
+
 def test_the_binary_encoding_is_the_specified_bytes():
-    want = spec_efp2(
-        [("e/s/a/l/m/p", "kW"), ("e/s/a/l/m/t", "°C")],
-        [0, 1, 0, 1, 0],
-        [1, 2, 3, 4, 5],
-        [1.5, -2.0, float("nan"), 4.0, 5.5],
-        [0, 1, 2, 0, 0],
-    )
-    assert encode_batch(batch()) == want
+    assert encode_batch(batch()) == spec_efp2(*SPEC_COLUMNS)
 
 
 def test_flags_are_encoded_as_specified():
     hist = np.array([True, False, False, True, False])
-    want = spec_efp2(
-        [("e/s/a/l/m/p", "kW"), ("e/s/a/l/m/t", "°C")],
-        [0, 1, 0, 1, 0],
-        [1, 2, 3, 4, 5],
-        [1.5, -2.0, float("nan"), 4.0, 5.5],
-        [0, 1, 2, 0, 0],
-        flags=[("historical", [1, 0, 0, 1, 0])],
-    )
+    want = spec_efp2(*SPEC_COLUMNS, flags=[("historical", [1, 0, 0, 1, 0])])
     assert encode_batch(batch(historical=hist)) == want
 
 
