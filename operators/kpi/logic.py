@@ -109,7 +109,8 @@ class KpiCalculator:
             self._add_battery(before, sign=-1.0)
         self._battery_kwh[w.start_ms] = e_bat
         self._add_battery(e_bat)
-        # Revisions only reach windows within the reopen horizon; a day is far beyond it.
+        # Kept a day: a window is revised only while a tag in it lags, which on a plant is
+        # minutes, rarely hours; a revision later than that would count a second time.
         horizon = w.start_ms - 86_400_000
         for start in [s for s in self._battery_kwh if s < horizon]:
             del self._battery_kwh[start]
