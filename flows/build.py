@@ -30,7 +30,7 @@ from flows.errors import ConfigError
 from flows.registry import Kind, component, load_components
 from flows.streams import rows_of
 from wire.errors import EdgeflowError
-from wire.records import DeadLetter, Event, PointBatch, TextPoints
+from wire.records import DeadLetter, Event, PointBatch, TextPoints, shard_of
 
 __all__ = ["Build", "UnroutedSink", "build_flow", "key_by_shard", "shard_batches"]
 
@@ -74,7 +74,7 @@ def _shard_plan(tags: tuple[Any, ...], levels: int) -> _Plan:
     of_tag = np.empty(len(tags), np.int32)
     local = np.empty(len(tags), np.int32)
     for i, t in enumerate(tags):
-        key = "/".join(t.path.split("/", levels)[:levels])
+        key = shard_of(t.path, levels)
         k = index.setdefault(key, len(keys))
         if k == len(keys):
             keys.append(key)

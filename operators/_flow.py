@@ -10,7 +10,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 
-from wire.records import Event, Kpi, WindowAggregates
+from wire.records import Event, Kpi, WindowAggregates, shard_of
 
 __all__ = ["WindowScoresOut", "engine_flat_map", "pick", "score_windows", "shard_of_window"]
 
@@ -45,7 +45,7 @@ def shard_of_window(w: WindowAggregates, levels: int) -> str:
 
     The aggregator closes windows per shard, so every tag of a window shares this prefix.
     """
-    return "/".join(w.tags[0].path.split("/", levels)[:levels]) if w.tags else "_"
+    return shard_of(w.tags[0].path, levels) if w.tags else "_"
 
 
 @operator

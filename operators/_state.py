@@ -20,6 +20,7 @@ __all__ = [
     "TableCache",
     "TagOrder",
     "TagRegistry",
+    "run_max",
     "tag_matches",
     "tag_order",
 ]
@@ -78,6 +79,14 @@ class TagOrder:
     last: npt.NDArray[np.bool_]
 
 
+def run_max(g: npt.NDArray[Any], t: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Return the running maximum of ``t`` within runs of equal ``g`` (``-1 <= t < 2**43``)."""
+    first = np.r_[True, g[1:] != g[:-1]]
+    off = (np.cumsum(first).astype(np.int64) - 1) << 44  # runs never mix in one scan
+    out: npt.NDArray[np.int64] = np.maximum.accumulate(t + off) - off
+    return out
+
+
 def tag_order(
     gid: npt.NDArray[Any], ts: npt.NDArray[np.int64], known: npt.NDArray[np.int64]
 ) -> TagOrder:
@@ -85,8 +94,7 @@ def tag_order(
     order = np.argsort(gid, kind="stable")
     g, t = gid[order].astype(np.int64), ts[order]
     brk = np.r_[True, g[1:] != g[:-1]]
-    off = (np.cumsum(brk) - 1) << 44  # runs never mix in one running-max scan
-    newest = np.maximum.accumulate(t + off) - off
+    newest = run_max(g, t)
     floor = np.iinfo(np.int64).min // 2
     before = np.r_[floor, newest[:-1]]
     before[brk] = floor

@@ -41,7 +41,7 @@ import numpy.typing as npt
 import orjson
 
 from wire.errors import CodecError
-from wire.records import POINT_FLAGS, PointBatch, TagRef
+from wire.records import POINT_FLAGS, PointBatch, TagRef, shard_of
 
 __all__ = [
     "CONTENT_TYPES",
@@ -117,7 +117,7 @@ def encode_messages(
     out: list[tuple[str, bytes, int]] = []
     if not len(batch):
         return out
-    shard_of_tag = ["/".join(t.path.split("/", shard_levels)[:shard_levels]) for t in batch.tags]
+    shard_of_tag = [shard_of(t.path, shard_levels) for t in batch.tags]
     keys = sorted(set(shard_of_tag))
     if len(keys) == 1:
         groups = [(keys[0], batch)]

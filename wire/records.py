@@ -46,6 +46,7 @@ __all__ = [
     "tag_matches",
     "ms_to_datetime",
     "ms_to_iso",
+    "shard_of",
     "now_ms",
     "to_ms",
     "window_label",
@@ -120,6 +121,11 @@ def to_ms(ts: datetime | int | float | str) -> int:
 def ms_to_datetime(ms: int) -> datetime:
     """Return the aware UTC datetime for epoch milliseconds."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def shard_of(path: str, levels: int) -> str:
+    """Return the shard of a tag path: its first ``levels`` levels (2: ``enterprise/site``)."""
+    return "/".join(path.split("/", levels)[:levels])
 
 
 def ms_to_iso(ms: int) -> str:

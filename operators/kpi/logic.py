@@ -23,7 +23,7 @@ import numpy as np
 
 from operators._state import tag_matches
 from operators.kpi.config import KpiOp
-from wire.records import Event, Kpi, WindowAggregates
+from wire.records import Event, Kpi, WindowAggregates, shard_of
 
 __all__ = ["KpiCalculator"]
 
@@ -51,7 +51,7 @@ class KpiCalculator:
         c = self.config
         if w.window_ms != c.window_ms or not len(w):
             return [], []
-        site_path = "/".join(w.tags[0].path.split("/", self.levels)[: self.levels])
+        site_path = shard_of(w.tags[0].path, self.levels)
         kpis: list[Kpi] = []
         events: list[Event] = []
 

@@ -19,12 +19,11 @@ cleared at the next change of value, whatever the batching.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from operators._state import PickleCopy, TableCache, TagRegistry, tag_matches
+from operators._state import PickleCopy, TableCache, TagRegistry, run_max, tag_matches
 from operators.validate.config import ValidateOp
 from wire.records import DeadLetter, PointBatch, Quality, TagRef, ms_to_iso
 
@@ -268,7 +267,7 @@ class Validator(PickleCopy):
         # The run's start is the newest change in arrival order (a delayed point may carry an
         # older time): carry the position of the last change forward within each tag.
         pos = np.arange(n)
-        at = _run_max(g, np.where(changed | first, pos, -1))
+        at = run_max(g, np.where(changed | first, pos, -1))
         change_ts = np.where(changed[at], t[at], self._last_change[g[at]])
         stale_sorted = (t - change_ts >= self.rules.stale_after_ms) & stale_tags[ok.tag_idx[order]]
         quality = ok.quality.copy()
@@ -277,8 +276,8 @@ class Validator(PickleCopy):
         # An episode starts at the first stale point and ends only when the value changes (a
         # delayed point inside it is not stale itself, but does not end it).
         carried = self._stale[g] & first  # an episode open from earlier batches
-        last_start = _run_max(g, np.where(stale_sorted | carried, pos, -1) + 1)
-        last_change = _run_max(g, np.where(changed, pos, -1) + 1)
+        last_start = run_max(g, np.where(stale_sorted | carried, pos, -1) + 1)
+        last_change = run_max(g, np.where(changed, pos, -1) + 1)
         in_episode = (last_start > last_change) | ((last_start == last_change) & stale_sorted)
         before = np.where(first, self._stale[g], np.r_[False, in_episode[:-1]])
         raised = stale_sorted & ~before
@@ -288,16 +287,8 @@ class Validator(PickleCopy):
             return [(ok.tags[int(ok.tag_idx[order[k]])], int(t[k])) for k in np.flatnonzero(mask)]
 
         end_g = g[last]
-        self._last_ts[end_g] = np.maximum(self._last_ts[end_g], _run_max(g, t)[last])
+        self._last_ts[end_g] = np.maximum(self._last_ts[end_g], run_max(g, t)[last])
         self._last_val[end_g] = v[last]
         self._last_change[end_g] = change_ts[last]
         self._stale[end_g] = in_episode[last]
         return quality, where(raised), where(cleared)
-
-
-def _run_max(g: npt.NDArray[Any], t: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Return the running maximum of ``t`` within runs of equal ``g`` (``-1 <= t < 2**42``)."""
-    first = np.r_[True, g[1:] != g[:-1]]
-    off = (np.cumsum(first).astype(np.int64) - 1) << 42
-    out: npt.NDArray[np.int64] = np.maximum.accumulate(t + off) - off
-    return out
