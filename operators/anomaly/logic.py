@@ -7,7 +7,16 @@ For each point ``i`` of a tag at time ``t`` the rule looks at the tag's points i
 - ``spike``: ``v >= factor * min`` with ``min >= min_baseline`` (relative rise);
 - ``deviation``: ``|mean - nominal| / |nominal| >= threshold`` (mean over the lookback);
 - ``rate``: ``|v - v_oldest| / seconds(t - t_oldest) >= threshold`` once the lookback holds at
-  least half a window of data.
+  least half a window of data (the window is ``[t - lookback_ms, t]`` for this rule, so a
+  lookback equal to the sample interval holds two samples);
+- ``flatline``: the value has changed by at most ``tolerance`` between consecutive samples for
+  at least ``lookback_ms`` (a frozen sensor or a stuck register; ``tolerance: 0`` = exactly
+  equal);
+- ``clipping``: the value has stayed at or above ``limit - tolerance`` for at least
+  ``lookback_ms`` (an inverter held at its rated power);
+- ``outlier``: Hampel filter: ``|v - median| > threshold * 1.4826 * MAD`` over the tag's earlier
+  points in ``(t - lookback_ms, t)``, once at least ``min_points`` of them are there (and the
+  MAD is not zero).
 
 Points below ``ignore_below`` take no part (e.g. inverter efficiency reported 0 at night).
 A rule raises one event when its condition turns true for a tag and one ``cleared`` event
@@ -26,9 +35,10 @@ within a batch, range extrema come from a sparse table; means use cumulative sum
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +50,7 @@ from wire.records import Event, PointBatch, TagRef
 
 __all__ = ["AnomalyDetector", "AnomalyRule"]
 
-Kind = Literal["drop", "spike", "deviation", "rate"]
+Kind = Literal["drop", "spike", "deviation", "rate", "flatline", "clipping", "outlier"]
 _TS_BITS = 42  # epoch ms < 2**42 until 2109; tag ids live above
 _TS_MASK = (1 << _TS_BITS) - 1
 
@@ -62,10 +72,25 @@ class AnomalyRule:
     nominal: float | None = None
     ignore_below: float | None = None
     severity: str = "warning"
+    tolerance: float = 0.0
+    limit: float | None = None
+    min_points: int = 5
 
     def __post_init__(self) -> None:
         if self.lookback_ms <= 0:
             msg = f"anomaly rule {self.id}: lookback_ms must be positive"
+            raise RuleError(msg)
+        if self.tolerance < 0:
+            msg = f"anomaly rule {self.id}: tolerance must be >= 0"
+            raise RuleError(msg)
+        if self.kind == "clipping" and self.limit is None:
+            msg = f"anomaly rule {self.id}: clipping needs limit (the rated or clipping level)"
+            raise RuleError(msg)
+        if self.kind == "outlier" and (self.threshold <= 0 or self.min_points < 3):
+            msg = (
+                f"anomaly rule {self.id}: outlier needs threshold > 0 (MADs, e.g. 3) and "
+                "min_points >= 3"
+            )
             raise RuleError(msg)
         if self.kind == "deviation" and not self.nominal:
             msg = f"anomaly rule {self.id}: deviation needs a non-zero nominal"
@@ -140,6 +165,56 @@ def _running_sums(
     return out
 
 
+class _Fresh(NamedTuple):
+    """A batch's fresh points of one rule, by tag then arrival; runs of a tag: starts..ends."""
+
+    g: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    val: npt.NDArray[np.float64]
+    starts: npt.NDArray[np.intp]
+    ends: npt.NDArray[np.intp]
+
+
+Verdict = tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+def _hampel(rule: AnomalyRule, hist: _History, pts: _Fresh) -> Verdict:
+    """Hampel test of each point against the tag's earlier points in ``(t - lookback, t)``."""
+    g, ts, val, starts, ends = pts
+    cond = np.zeros(len(g), np.bool_)
+    score = np.zeros(len(g), np.float64)
+    median = np.full(len(g), np.nan)
+    for a, b in zip(starts.tolist(), (ends + 1).tolist(), strict=True):
+        gid = int(g[a])
+        h0 = int(np.searchsorted(hist.key, gid << _TS_BITS))
+        h1 = int(np.searchsorted(hist.key, (gid << _TS_BITS) | _TS_MASK, side="right"))
+        t_all = np.r_[hist.key[h0:h1] & _TS_MASK, ts[a:b]]
+        v_all = np.r_[hist.value[h0:h1], val[a:b]]
+        nh = h1 - h0
+        here = np.arange(nh, nh + (b - a))
+        lo = np.searchsorted(t_all, t_all[here] - rule.lookback_ms, side="right")
+        for c0 in range(0, len(here), 4096):  # bounded memory: rows x window width
+            rows, los = here[c0 : c0 + 4096], lo[c0 : c0 + 4096]
+            n = rows - los
+            width = int(n.max()) if len(n) else 0
+            if width < rule.min_points:
+                continue
+            idx = los[:, None] + np.arange(width)[None, :]
+            inside = idx < rows[:, None]
+            win = np.where(inside, v_all[np.minimum(idx, len(v_all) - 1)], np.nan)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: too few points
+                med = np.nanmedian(win, axis=1)
+                mad = np.nanmedian(np.abs(win - med[:, None]), axis=1) * 1.4826
+                z = np.abs(v_all[rows] - med) / np.where(mad > 0, mad, np.nan)
+            ok = (n >= rule.min_points) & (mad > 0)
+            sl = slice(a + c0, a + c0 + len(rows))
+            cond[sl] = ok & (z > rule.threshold)
+            score[sl] = np.where(ok, z, 0.0)
+            median[sl] = med
+    return cond, score, np.where(np.isnan(median), val, median)
+
+
 class AnomalyDetector(PickleCopy):
     """Evaluates a set of rules over point batches; keeps each tag's lookback history."""
 
@@ -158,6 +233,14 @@ class AnomalyDetector(PickleCopy):
         }
         self._total: dict[str, npt.NDArray[np.float64]] = {
             r.id: np.empty(0, np.float64) for r in rules
+        }
+        # flatline: each tag's last value; flatline and clipping: when its current run began
+        # (-1: no run).
+        self._last: dict[str, npt.NDArray[np.float64]] = {
+            r.id: np.empty(0, np.float64) for r in rules
+        }
+        self._run_start: dict[str, npt.NDArray[np.int64]] = {
+            r.id: np.empty(0, np.int64) for r in rules
         }
         self.skipped: dict[str, int] = {}
         self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
@@ -224,7 +307,12 @@ class AnomalyDetector(PickleCopy):
         h_lo = np.searchsorted(hist.key, key - rule.lookback_ms, side="right")
         h_end = np.searchsorted(hist.key, g << _TS_BITS | _TS_MASK, side="right")
         has_hist = h_lo < h_end
-        if rule.kind in ("drop", "spike"):
+        prefix = None
+        if rule.kind in ("flatline", "clipping"):
+            cond, score, baseline = self._runs(rule, _Fresh(g, ts, val, starts, ends))
+        elif rule.kind == "outlier":
+            cond, score, baseline = _hampel(rule, hist, _Fresh(g, ts, val, starts, ends))
+        elif rule.kind in ("drop", "spike"):
             fn = np.maximum if rule.kind == "drop" else np.minimum
             part = _range_query(_sparse(val, fn), lo_new, np.arange(len(val)), fn)
             # History is a staircase: its first point inside the window is the extremum.
@@ -249,7 +337,6 @@ class AnomalyDetector(PickleCopy):
         else:
             n_new = np.arange(len(val)) - lo_new + 1
             n_hist = np.where(has_hist, h_end - h_lo, 0)
-            prefix = None
             if rule.kind == "deviation":
                 total = self._total[rule.id]
                 if len(total) < len(self._reg):
@@ -271,7 +358,12 @@ class AnomalyDetector(PickleCopy):
                 score = np.abs(mean - rule.nominal) / abs(rule.nominal)
                 cond = score >= rule.threshold
                 baseline = mean
-            else:  # rate: against the oldest point in the window
+            else:  # rate: against the oldest point in [t - lookback, t]
+                lo_new = np.maximum(
+                    np.searchsorted(key, key - rule.lookback_ms, side="left"), starts[seg]
+                )
+                h_lo = np.searchsorted(hist.key, key - rule.lookback_ms, side="left")
+                has_hist = h_lo < h_end
                 safe = np.minimum(h_lo, max(len(hist.key) - 1, 0))
                 old_ts = np.where(
                     has_hist, hist.key[safe] & _TS_MASK if len(hist.key) else 0, ts[lo_new]
@@ -287,6 +379,48 @@ class AnomalyDetector(PickleCopy):
         events = self._transitions(rule, g, ts, val, cond, score, baseline)
         self._update_history(rule, hist, key, val, prefix if rule.kind == "deviation" else None)
         return events
+
+    def _carry(self, rule: AnomalyRule) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        last, run = self._last[rule.id], self._run_start[rule.id]
+        grow = len(self._reg) - len(last)
+        if grow > 0:
+            last = self._last[rule.id] = np.r_[last, np.full(grow, np.nan)]
+            run = self._run_start[rule.id] = np.r_[run, np.full(grow, -1, np.int64)]
+        return last, run
+
+    def _runs(self, rule: AnomalyRule, pts: _Fresh) -> Verdict:
+        """Flatline and clipping: how long the tag's current run has lasted at each point."""
+        g, ts, val, starts, ends = pts
+        last, run = self._carry(rule)
+        first = np.zeros(len(g), np.bool_)
+        first[starts] = True
+        carried_run = run[g[starts]]
+        if rule.kind == "flatline":
+            prev = np.r_[np.nan, val[:-1]]
+            prev[starts] = last[g[starts]]
+            with np.errstate(invalid="ignore"):
+                begins = ~(np.abs(val - prev) <= rule.tolerance)  # NaN (no previous): begins
+            in_run = np.ones(len(g), np.bool_)
+            baseline = np.where(np.isnan(prev), val, prev)
+        else:
+            assert rule.limit is not None
+            in_run = val >= rule.limit - rule.tolerance
+            prev_in = np.r_[False, in_run[:-1]]
+            prev_in[starts] = carried_run >= 0
+            begins = in_run & ~prev_in
+            baseline = np.full(len(g), float(rule.limit))
+        marker = np.where(begins, ts, -1)
+        head = starts[~begins[starts]]
+        marker[head] = run[g[head]]
+        # Latest run start at or before each point, per tag (times rise within a tag).
+        seg = np.cumsum(first) - 1
+        off = seg.astype(np.int64) << (_TS_BITS + 1)
+        run_start = np.maximum.accumulate(marker + off) - off
+        duration = (ts - run_start).astype(np.float64)
+        cond = in_run & (run_start >= 0) & (duration >= rule.lookback_ms)
+        last[g[ends]] = val[ends]
+        run[g[ends]] = np.where(in_run[ends], run_start[ends], -1)
+        return cond, duration, baseline
 
     def _update_history(
         self,
@@ -308,7 +442,9 @@ class AnomalyDetector(PickleCopy):
         starts = np.flatnonzero(brk)
         seg = np.cumsum(brk) - 1
         newest = np.maximum.reduceat(ts, starts)
-        keep = ts > newest[seg] - rule.lookback_ms
+        # rate looks back to t - lookback inclusive; the others to just after it.
+        reach = rule.lookback_ms + (1 if rule.kind == "rate" else 0)
+        keep = ts > newest[seg] - reach
         if rule.kind in ("drop", "spike") and len(all_val):
             # Staircase: keep a point only if it beats every later point of its tag; that is
             # all a window maximum (minimum) ending at a later time can use. Ranks make the
@@ -386,4 +522,10 @@ class AnomalyDetector(PickleCopy):
             return f"rose from {base:g} to {v:g} (>= {rule.factor:g}x) within {window}"
         if rule.kind == "deviation":
             return f"mean {base:g} over {window} deviates from nominal {rule.nominal:g}"
+        if rule.kind == "flatline":
+            return f"flat at {v:g} (changes <= {rule.tolerance:g}) for {window} or more"
+        if rule.kind == "clipping":
+            return f"held at {v:g}, within {rule.tolerance:g} of {base:g}, for {window} or more"
+        if rule.kind == "outlier":
+            return f"{v:g} is an outlier against the median {base:g} of the last {window}"
         return f"changes faster than {rule.threshold:g}/s over {window}"

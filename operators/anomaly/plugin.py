@@ -15,7 +15,7 @@ __all__ = ["AnomalyOp", "build"]
 
 
 class AnomalyOp(OperatorModel):
-    """Anomaly windows over points: drop, spike, deviation and rate rules."""
+    """Anomaly windows over points: drop, spike, deviation, rate, flatline, clipping, outlier."""
 
     type: Literal["anomaly"]
     id: str = "anomaly"

@@ -91,6 +91,18 @@ class ValidateOp(OperatorModel):
     conversions: tuple[UnitConversion, ...] = ()
     stale_after_ms: int | None = Field(default=None, gt=0)
     stale_tags: str = "*"
+    stale_tolerance: float = Field(
+        default=0.0, ge=0, description="a change up to this much still counts as unchanged"
+    )
+    stale_relative: bool = Field(
+        default=False, description="stale_tolerance is a fraction of the previous value"
+    )
+    stale_ignore_values: tuple[float, ...] = Field(
+        default=(), description="values never reported stale (e.g. 0: a PV plant at night)"
+    )
+    stale_ignore_below: float | None = Field(
+        default=None, description="values below this are never reported stale"
+    )
     coalesce_max_points: int = Field(
         default=50_000,
         ge=0,

@@ -12,6 +12,9 @@ Checks, in order, each rejecting into dead letters with a reason:
 
 Then unit conversion (e.g. kW -> MW) rewrites value and unit, and stale detection marks points
 whose value has not changed for ``stale_after_ms`` as UNCERTAIN (they are still delivered).
+"Not changed" means within ``stale_tolerance`` of the previous value (absolute, or a fraction
+of it with ``stale_relative``); values in ``stale_ignore_values`` or below
+``stale_ignore_below`` are never stale.
 Stale is judged per tag in arrival order: an episode is raised at its first stale point and
 cleared at the next change of value, whatever the batching.
 """
@@ -263,13 +266,21 @@ class Validator(PickleCopy):
         first = np.r_[True, g[1:] != g[:-1]]
         last = np.r_[g[1:] != g[:-1], True]
         prev_v = np.where(first, self._last_val[g], np.r_[np.nan, v[:-1]])
-        changed = v != prev_v  # NaN (nothing before) never equals
+        r = self.rules
+        tol = r.stale_tolerance * (np.abs(prev_v) if r.stale_relative else 1.0)
+        with np.errstate(invalid="ignore"):
+            changed = ~(np.abs(v - prev_v) <= tol)  # NaN (nothing before): a change
         # The run's start is the newest change in arrival order (a delayed point may carry an
         # older time): carry the position of the last change forward within each tag.
         pos = np.arange(n)
         at = run_max(g, np.where(changed | first, pos, -1))
         change_ts = np.where(changed[at], t[at], self._last_change[g[at]])
         stale_sorted = (t - change_ts >= self.rules.stale_after_ms) & stale_tags[ok.tag_idx[order]]
+        # Values that are legitimately constant (night zeros, an idle setpoint) never go stale.
+        if r.stale_ignore_values:
+            stale_sorted &= ~np.isin(v, np.asarray(r.stale_ignore_values, np.float64))
+        if r.stale_ignore_below is not None:
+            stale_sorted &= ~(v < r.stale_ignore_below)
         quality = ok.quality.copy()
         stale_pts = order[stale_sorted]
         quality[stale_pts] = np.maximum(quality[stale_pts], int(Quality.UNCERTAIN))

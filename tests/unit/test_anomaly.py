@@ -38,6 +38,16 @@ RATE = AnomalyRule("rate", "rate", "soc", lookback_ms=10_000, threshold=1.0)
 EFF_DROP = AnomalyRule(
     "eff", "drop", "efficiency", lookback_ms=600_000, threshold=0.15, ignore_below=50
 )
+PV = TagRef("e/s/pv/a1/inv1/ac_power", "kW")
+FLAT = AnomalyRule("flat", "flatline", "ac_power", lookback_ms=300_000, tolerance=0.1)
+FLAT_EXACT = AnomalyRule("flat0", "flatline", "ac_power", lookback_ms=120_000)
+FLAT_DAY = AnomalyRule(
+    "flatd", "flatline", "ac_power", lookback_ms=120_000, tolerance=0.1, ignore_below=1
+)
+CLIP = AnomalyRule("clip", "clipping", "ac_power", lookback_ms=180_000, limit=100, tolerance=1)
+OUT = AnomalyRule("out", "outlier", "ac_power", lookback_ms=600_000, threshold=3)
+RATE_1 = AnomalyRule("rate1", "rate", "soc", lookback_ms=60_000, threshold=0.1)
+MIN = 60_000
 
 CASES = [
     pytest.param(
@@ -80,6 +90,70 @@ CASES = [
         RATE, series(SOC, [50, 50, 50, 50, 50, 50, 60]), [("rate", "b1", "raised", 6000)], id="rate"
     ),
     pytest.param(EFF_DROP, series(EFF, [97, 97, 0, 0, 97, 96]), [], id="ignore-night-zeros"),
+    pytest.param(
+        RATE_1,
+        series(SOC, [10, 10, 30, 30], step_ms=MIN),
+        [("rate1", "b1", "raised", 2 * MIN), ("rate1", "b1", "cleared", 3 * MIN)],
+        id="rate-lookback-equal-to-the-sample-interval",
+    ),
+    pytest.param(
+        FLAT,
+        series(PV, [1, 2, 3, 3, 3.05, 3, 3, 3, 3, 3, 4, 5], step_ms=MIN),
+        [("flat", "inv1", "raised", 7 * MIN), ("flat", "inv1", "cleared", 10 * MIN)],
+        id="flatline-within-tolerance-for-the-duration",
+    ),
+    pytest.param(
+        FLAT,
+        series(PV, [3, 3, 3, 3, 3.2, 3.2, 3.2, 3.2, 3.2, 3.4], step_ms=MIN),
+        [],
+        id="flatline-broken-by-a-step-above-tolerance",
+    ),
+    pytest.param(
+        FLAT_EXACT,
+        series(PV, [5, 5, 5, 5.001, 5.001, 5.001], step_ms=MIN),
+        [
+            ("flat0", "inv1", "raised", 2 * MIN),
+            ("flat0", "inv1", "cleared", 3 * MIN),
+            ("flat0", "inv1", "raised", 5 * MIN),
+        ],
+        id="flatline-exact-equality",
+    ),
+    pytest.param(
+        FLAT_DAY,
+        series(PV, [0, 0, 0, 0, 0, 7, 8, 9], step_ms=MIN),
+        [],
+        id="flatline-ignores-night-zeros",
+    ),
+    pytest.param(
+        CLIP,
+        series(PV, [50, 99.5, 100, 100, 99.2, 100, 80, 100, 100], step_ms=MIN),
+        [("clip", "inv1", "raised", 4 * MIN), ("clip", "inv1", "cleared", 6 * MIN)],
+        id="clipping-plateau-near-the-limit",
+    ),
+    pytest.param(
+        CLIP,
+        series(PV, [99.5, 100, 97, 100, 100], step_ms=MIN),
+        [],
+        id="clipping-interrupted-plateau",
+    ),
+    pytest.param(
+        OUT,
+        series(PV, [10, 11, 10, 12, 11, 10, 11, 50, 10, 11], step_ms=MIN),
+        [("out", "inv1", "raised", 7 * MIN), ("out", "inv1", "cleared", 8 * MIN)],
+        id="outlier-hampel",
+    ),
+    pytest.param(
+        OUT,
+        series(PV, [10, 11, 50, 10, 11, 10], step_ms=MIN),
+        [],
+        id="outlier-needs-min-points",
+    ),
+    pytest.param(
+        OUT,
+        series(PV, [10, 10, 10, 10, 10, 10, 12], step_ms=MIN),
+        [],
+        id="outlier-not-judged-when-mad-is-zero",
+    ),
     pytest.param(
         EFF_DROP, series(EFF, [97, 97, 80]), [("eff", "inv1", "raised", 2000)], id="efficiency-drop"
     ),
@@ -128,6 +202,9 @@ def test_history_is_pruned_to_the_lookback():
         {"kind": "deviation", "lookback_ms": 1000, "threshold": 0.1},
         {"kind": "spike", "lookback_ms": 1000, "factor": 1.0},
         {"kind": "drop", "lookback_ms": 1000},
+        {"kind": "clipping", "lookback_ms": 1000},
+        {"kind": "outlier", "lookback_ms": 1000, "threshold": 3, "min_points": 2},
+        {"kind": "flatline", "lookback_ms": 1000, "tolerance": -1},
     ],
 )
 def test_invalid_rules(kwargs):
@@ -158,15 +235,27 @@ def test_staircase_history_stays_small_for_noisy_signals():
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("rule", [SOC_DROP, SPIKE, DEV], ids=lambda r: r.kind)
+@pytest.mark.parametrize(
+    "rule",
+    [
+        SOC_DROP,
+        SPIKE,
+        DEV,
+        AnomalyRule("flat", "flatline", "ac_power", lookback_ms=20_000, tolerance=0.5),
+        AnomalyRule("clip", "clipping", "ac_power", lookback_ms=5_000, limit=110, tolerance=2),
+        AnomalyRule("out", "outlier", "ac_power", lookback_ms=60_000, threshold=3),
+    ],
+    ids=lambda r: r.kind,
+)
 def test_disordered_stream_gives_the_same_events_for_any_batching(rule, seed):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    tag = {"drop": SOC, "spike": LOAD, "deviation": V}[rule.kind]
-    base = {"drop": 60.0, "spike": 20.0, "deviation": 400.0}[rule.kind]
+    tag = {"drop": SOC, "spike": LOAD, "deviation": V}.get(rule.kind, PV)
+    base = {"drop": 60.0, "spike": 20.0, "deviation": 400.0}.get(rule.kind, 100.0)
     values = base * (1 + 0.3 * np.sin(np.arange(400) / 17)) + rng.normal(0, base / 50, 400)
     values[[100, 250]] *= 3  # spikes
+    values[300:340] = values[300]  # a frozen stretch
     rows = series(tag, values.round(3).tolist(), step_ms=1000)
     late = rng.random(len(rows)) < 0.1  # one point in ten arrives up to 5 points late
     order = np.argsort(np.arange(len(rows)) + late * rng.integers(1, 6, len(rows)), kind="stable")

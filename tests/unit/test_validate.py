@@ -244,3 +244,46 @@ def test_stale_depends_on_arrival_order_not_on_batching(points, uncertain, episo
         got_episodes += [(ts, "cleared") for _, ts in r.stale_cleared]
     # Events are keyed by time: their order within one batch is not a result.
     assert (got_uncertain, sorted(got_episodes)) == (uncertain, sorted(episodes))
+
+
+@pytest.mark.parametrize(
+    ("options", "values", "uncertain", "episodes"),
+    [
+        pytest.param(
+            {"stale_tolerance": 0.05},
+            [5.0, 5.02, 4.99, 5.03, 5.2, 5.2],
+            [3000],
+            [(3000, "raised"), (4000, "cleared")],
+            id="absolute-tolerance",
+        ),
+        pytest.param(
+            {"stale_tolerance": 0.01, "stale_relative": True},
+            [500.0, 503.0, 498.0, 501.0, 520.0],
+            [3000],
+            [(3000, "raised"), (4000, "cleared")],
+            id="relative-tolerance",
+        ),
+        pytest.param(
+            {"stale_ignore_values": (0.0,)},
+            [0.0, 0.0, 0.0, 0.0, 0.0, 3.0],
+            [],
+            [],
+            id="night-zeros-ignored",
+        ),
+        pytest.param(
+            {"stale_ignore_below": 1.0},
+            [0.2, 0.2, 0.2, 0.2, 7.0, 7.0, 7.0, 7.0],
+            [7000],
+            [(7000, "raised")],
+            id="below-ignored-but-frozen-day-value-caught",
+        ),
+    ],
+)
+def test_stale_tolerance_and_ignored_values(options, values, uncertain, episodes):
+    v = Validator(ValidateOp(type="validate", stale_after_ms=3000, stale_tags="*power", **options))
+    r = v.process(batch([(P, i * 1000, x) for i, x in enumerate(values)]))
+    got = [i * 1000 for i, q in enumerate(r.ok.quality.tolist()) if q]
+    eps = [(ts, "raised") for _, ts in r.newly_stale] + [
+        (ts, "cleared") for _, ts in r.stale_cleared
+    ]
+    assert (got, sorted(eps)) == (uncertain, sorted(episodes))
