@@ -14,7 +14,8 @@ Then ``live_latency`` (a 100k points/s stream paced in wall time, 190 s) and, wh
 infra/local services run, Kafka replay against raw consumption (case 2), sink rows/s
 (case 4), the live 100k points/s edge flow with a raw Kafka sink (case 5,
 :mod:`bench.live_kafka`), the processor on 1, 2 workers and 2 processes (case 6,
-:mod:`bench.scale_out`) and protocol ingest (case 3, :mod:`bench.ingest`).
+:mod:`bench.scale_out`), long histories from files and a topic with the backtest report's
+memory (case 7, :mod:`bench.history`) and protocol ingest (case 3, :mod:`bench.ingest`).
 """
 
 from __future__ import annotations
@@ -179,6 +180,35 @@ def scale_out_case(quick: bool) -> None:
         print(f"{name:<14} {x['per_s']:>12,.0f} {x['speedup']:>7.2f}x {cpu:>22}  {rss}")
 
 
+def history_case(quick: bool) -> None:
+    """Case 7: long histories of few tags from files and a topic, beside their raw read rate."""
+    cmd = [sys.executable, "-m", "bench.history"] + (["--quick"] if quick else [])
+    if not _up(19092):
+        cmd.append("--no-kafka")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{'history (case 7)':<16} {'points':>11} {'points/s':>12} {'raw read/s':>12}  what")
+    rows = [
+        ("month_csv", "a month, 6 tags at 1 min, CSV: 1 h windows + daily rollup"),
+        ("month_csv_1m", "the same in 1 min / 15 min windows (1 sample per tag and window)"),
+        ("day_parquet", "a day, 100 tags at 1 Hz, Parquet: 1 min / 15 min windows"),
+        ("day_kafka", "the same day from a topic (edgeflow load, 1 partition)"),
+    ]
+    for key, what in rows:
+        x = r.get(key)
+        if x is None or "skipped" in x:
+            print(f"{key:<16} skipped: {x['skipped'] if x else 'not run'}")
+            continue
+        print(f"{key:<16} {x['points']:>11,} {x['per_s']:>12,.0f} {x['raw_per_s']:>12,.0f}  {what}")
+    for key in ("report", "report_3d"):
+        x = r[key]
+        print(
+            f"{key:<16} {x['points']:>11,} {x['per_s']:>12,.0f} {'':>12}  edgeflow backtest with "
+            f"its report over {x['days']:g} day(s) of the Parquet history: peak RSS "
+            f"{x['rss_mb']:.0f} MB (goal < 300)"
+        )
+
+
 def main() -> None:
     """Run the suite and print the table."""
     p = argparse.ArgumentParser(description="edgeflow benchmarks")
@@ -224,6 +254,7 @@ def main() -> None:
     service_cases(args.quick)
     live_kafka_case(args.quick)
     scale_out_case(args.quick)
+    history_case(args.quick)
     ingest_cases(args.quick)
     print(f"# total {time.perf_counter() - t0:.0f} s")
     if failures:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import (
@@ -35,7 +35,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.errors import ConfigError
-from flows.registry import ComponentModel, component, registry_version, stream_kind, union
+from flows.registry import (
+    ComponentModel,
+    TimeZone,
+    component,
+    registry_version,
+    stream_kind,
+    union,
+)
 
 __all__ = [
     "BASE_STREAMS",
@@ -76,18 +83,8 @@ class SiteIdentity(_Model):
 
     enterprise: str = Field(min_length=1, pattern=r"^[^/\s]+$")
     site: str = Field(min_length=1, pattern=r"^[^/\s]+$")
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     shard: Literal["site", "area", "line", "machine"] = "site"
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            msg = f"unknown time zone {v!r} (an IANA name such as Europe/Berlin)"
-            raise ValueError(msg) from e
-        return v
 
     @property
     def zone(self) -> ZoneInfo:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +37,7 @@ __all__ = [
     "BUILTINS",
     "ENTRY_POINT_GROUP",
     "Command",
+    "History",
     "Component",
     "ComponentModel",
     "InputModel",
@@ -44,6 +46,7 @@ __all__ = [
     "SinkModel",
     "StreamKind",
     "StreamName",
+    "TimeZone",
     "command",
     "commands",
     "component",
@@ -83,6 +86,7 @@ BUILTINS: tuple[str, ...] = (
     "operators.kpi.plugin",
     "operators.inference.plugin",
     "operators.custom.plugin",
+    "reports.plugin",
 )
 
 
@@ -107,8 +111,25 @@ class ComponentModel(BaseModel):
         return data
 
 
+@dataclass(frozen=True)
+class History:
+    """What an input holds for a replay: first and last point time (None: no data at all).
+
+    ``note`` says why the start may be missing (e.g. offsets deleted by retention).
+    """
+
+    first_ms: int | None
+    last_ms: int | None
+    note: str = ""
+
+
 class InputModel(ComponentModel):
     """Base of input configs."""
+
+    def history(self) -> History:
+        """Return the span of history this input can replay (backtests check it first)."""
+        msg = f"input {self.id} ({self.type}) cannot replay history"
+        raise ConfigError(msg)
 
     def for_replay(self, start_ms: int, end_ms: int) -> InputModel:
         """Return this input reading ``[start_ms, end_ms)`` of its history (backtests)."""
@@ -126,6 +147,19 @@ class OperatorModel(ComponentModel):
 
 class SinkModel(ComponentModel):
     """Base of sink configs; a ``streams`` field, when a sink has one, lists its subscriptions."""
+
+
+def _zone_name(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        msg = f"unknown time zone {name!r} (an IANA name such as Europe/Berlin)"
+        raise ValueError(msg) from e
+    return name
+
+
+TimeZone = Annotated[str, AfterValidator(_zone_name)]
+"""An IANA time zone name (``Europe/Berlin``), checked when the config is read."""
 
 
 def _known_stream(name: str) -> str:

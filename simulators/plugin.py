@@ -24,6 +24,7 @@ def build(cfg: SimulatorInput, b: Build) -> None:
 
 
 _SIMULATORS = {
+    "history": "simulators.history",
     "opcua": "simulators.opcua_server",
     "modbus": "simulators.modbus_server",
     "mqtt": "simulators.mqtt_publisher",

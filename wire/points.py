@@ -118,7 +118,8 @@ def encode_messages(
     if not len(batch):
         return out
     shard_of_tag = [shard_of(t.path, shard_levels) for t in batch.tags]
-    keys = sorted(set(shard_of_tag))
+    # Only the shards of tags that have points here (a table may list more tags).
+    keys = sorted({shard_of_tag[i] for i in np.unique(batch.tag_idx).tolist()})
     if len(keys) == 1:
         groups = [(keys[0], batch)]
     else:

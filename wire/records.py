@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
@@ -683,6 +684,8 @@ class WindowAggregates:
     integral: F64
     closed_by: str = "watermark"
     revision: int = 0
+    end: int | None = None  # the end when not start + window_ms (a local day of 23 or 25 h)
+    zone: str | None = None  # IANA zone of the site: rows also carry local start and end
 
     def __len__(self) -> int:
         return len(self.tags)
@@ -696,7 +699,14 @@ class WindowAggregates:
         """Return one JSON-friendly dict per tag (edge form for sinks)."""
         label = self.label
         start_iso = ms_to_iso(self.start_ms)
-        end_ms = self.start_ms + self.window_ms
+        end_ms = self.start_ms + self.window_ms if self.end is None else self.end
+        local: dict[str, str] = {}
+        if self.zone is not None:
+            zone = ZoneInfo(self.zone)
+            local = {
+                "start_local": ms_to_datetime(self.start_ms).astimezone(zone).isoformat(),
+                "end_local": ms_to_datetime(end_ms).astimezone(zone).isoformat(),
+            }
         cols = {
             name: getattr(self, name).tolist()
             for name in ("count", "min", "max", "mean", "std", "sum", "first", "last", "twa")
@@ -712,6 +722,7 @@ class WindowAggregates:
                 "start": start_iso,
                 "start_ms": self.start_ms,
                 "end_ms": end_ms,
+                **local,
                 "path": ref.path,
                 **dict(zip(ISA95_LEVELS, parts[:5], strict=True)),
                 "tag": parts[5] if len(parts) > 5 else ref.path,

@@ -1,4 +1,4 @@
-"""Registers the file sink: JSON Lines, one file per stream."""
+"""Registers the file input (CSV/Parquet history) and the file sink (JSON Lines per stream)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Literal
 
 import bytewax.operators as op
 
+from connectors.files.config import FileInput
 from connectors.files.sink import JsonLinesSink
 from flows.build import Build
 from flows.registry import SinkModel, StreamName, register
 
-__all__ = ["FileSinkConfig", "build"]
+__all__ = ["FileSinkConfig", "build", "build_input"]
 
 
 class FileSinkConfig(SinkModel):
@@ -32,3 +33,11 @@ def build(cfg: FileSinkConfig, b: Build) -> None:
             op.output(
                 f"{cfg.id}_{name}", b.rows(name, cfg.id), JsonLinesSink(base / f"{name}.jsonl")
             )
+
+
+@register("input", "file", FileInput, emits=("raw", "dead_letters"), sample="input_sample.yaml")
+def build_input(cfg: FileInput, b: Build) -> None:
+    """Read recorded history (CSV or Parquet) to its end."""
+    from connectors.files.source import FileSource  # pyarrow: loaded only by flows that read files
+
+    b.input(cfg.id, FileSource(cfg, (b.site.site.enterprise, b.site.site.site)))

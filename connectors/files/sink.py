@@ -1,16 +1,20 @@
-"""JSON Lines file sink: one line per record, appended, flushed after every batch."""
+"""JSON Lines file sink: one line per record, appended, flushed after every batch.
+
+Rows are encoded as everywhere else (:func:`wire.points.encode_row`): non-finite floats are
+``null``.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
 from connectors.errors import SinkError
+from wire.points import encode_row
 
 __all__ = ["JsonLinesSink"]
 
@@ -21,7 +25,7 @@ class _JsonLinesPartition(StatelessSinkPartition[dict[str, Any]]):
         self.fsync = fsync
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._f: TextIO = path.open("a", encoding="utf-8")
+            self._f: BinaryIO = path.open("ab")
         except OSError as e:
             msg = f"cannot open {path} for appending: {e.strerror or e}"
             raise SinkError(msg) from e
@@ -30,9 +34,7 @@ class _JsonLinesPartition(StatelessSinkPartition[dict[str, Any]]):
     def write_batch(self, items: list[dict[str, Any]]) -> None:
         if not items:
             return
-        self._f.write(
-            "".join(json.dumps(i, separators=(",", ":"), default=str) + "\n" for i in items)
-        )
+        self._f.write(b"".join(encode_row(i) + b"\n" for i in items))
         self._f.flush()
         if self.fsync:
             os.fsync(self._f.fileno())

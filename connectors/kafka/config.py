@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors._spool_options import SpoolOptions
 from flows.logs import reveal
-from flows.registry import InputModel, SinkModel, StreamName
+from flows.registry import History, InputModel, SinkModel, StreamName
 from wire.records import ms_to_datetime
 
 __all__ = ["KafkaConnection", "KafkaInput", "KafkaSinkConfig"]
@@ -66,6 +66,12 @@ class KafkaInput(InputModel):
     )
     batch_size: int = Field(default=5000, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
+
+    def history(self) -> History:
+        """Return the point times the topic still holds (reads its first and last messages)."""
+        from connectors.kafka.source import topic_history
+
+        return topic_history(self)
 
     def for_replay(self, start_ms: int, end_ms: int) -> KafkaInput:
         """Read the messages of ``[start_ms, end_ms)`` and stop."""

@@ -12,7 +12,7 @@ from connectors.kafka.config import KafkaInput, KafkaSinkConfig
 from connectors.kafka.sink import KafkaMessage, KafkaSink, SpoolSettings
 from connectors.kafka.source import KafkaPointsSource
 from flows.build import Build
-from flows.registry import register
+from flows.registry import register, register_command
 from flows.streams import rows_of
 from wire.points import CONTENT_TYPES, Encoding, encode_messages, encode_row
 from wire.records import PointBatch
@@ -92,3 +92,12 @@ def build_sink(cfg: KafkaSinkConfig, b: Build) -> None:
                 partitions=cfg.sink_partitions,
             ),
         )
+
+
+def _load(argv: list[str]) -> int:
+    from connectors.kafka.load import main
+
+    return main(argv)
+
+
+register_command("load", _load, "write a CSV/Parquet history into a raw topic (data time)")

@@ -17,6 +17,7 @@ goes on. ``next_batch`` never blocks.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,11 @@ from typing_extensions import override
 
 from connectors.errors import SourceError
 from connectors.kafka.config import KafkaInput
+from flows.registry import History
 from wire.points import PointsDecoder
 from wire.records import DeadLetter, PointBatch, TagRef, to_ms
 
-__all__ = ["KafkaPointsSource", "end_offsets", "partitions_of"]
+__all__ = ["KafkaPointsSource", "end_offsets", "partitions_of", "topic_history"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,59 @@ def end_offsets(
         return out
     finally:
         consumer.close()
+
+
+def _point_times(
+    consumer: Consumer, tp: KafkaTopicPartition, timeout_s: float, *, to_end: bool = False
+) -> list[int]:
+    """Point times of the first message from ``tp``'s offset (``to_end``: of all to the end)."""
+    consumer.assign([tp])
+    out: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for m in consumer.consume(100, timeout=0.2):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return out
+                continue
+            d = PointsDecoder().decode([m.key()], [m.value()])
+            out.extend(int(t) for t in d.ts_ms.tolist())
+            if out and not to_end:
+                return out
+    return out
+
+
+def topic_history(cfg: KafkaInput) -> History:
+    """First and last point time the topic holds, over the partitions ``cfg`` reads."""
+    config = cfg.kafka.client_config()
+    parts = partitions_of(cfg.topic, config, cfg.connect_timeout_s)
+    wanted = parts if cfg.partitions is None else [p for p in parts if p in cfg.partitions]
+    consumer = _consumer({**config, "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    first: int | None = None
+    last: int | None = None
+    deleted = []
+    try:
+        for p in wanted:
+            tp = KafkaTopicPartition(cfg.topic, p)
+            low, high = consumer.get_watermark_offsets(tp, timeout=cfg.connect_timeout_s)
+            if low > 0:
+                deleted.append(f"{cfg.topic}:{p} offsets 0..{low - 1}")
+            if high <= low:
+                continue
+            head = _point_times(consumer, KafkaTopicPartition(cfg.topic, p, low), 5.0)
+            # The last messages may be transaction markers: decode a few before the end.
+            tail = _point_times(
+                consumer, KafkaTopicPartition(cfg.topic, p, max(low, high - 20)), 10.0, to_end=True
+            )
+            if head:
+                first = min(head) if first is None else min(first, min(head))
+            if tail:
+                last = max(tail) if last is None else max(last, max(tail))
+    finally:
+        consumer.close()
+    note = f"retention deleted {', '.join(deleted)}" if deleted else ""
+    return History(first, last, note)
 
 
 class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the real services need: Debian packages (PostgreSQL, mosquitto, InfluxDB 1.x,
-# JDK + Maven, openssl) and the Apache Kafka broker jars from Maven Central. Idempotent.
+# JDK + Maven, openssl, headless Chromium) and the Apache Kafka broker jars from Maven Central. Idempotent.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 need_apt=()
@@ -13,6 +13,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)     # mosquitto's TLS liste
 command -v runuser >/dev/null || need_apt+=(util-linux)  # PostgreSQL runs as its own user
 command -v node >/dev/null || need_apt+=(nodejs)         # independent protocol servers (tests)
 command -v npm >/dev/null || need_apt+=(npm)
+command -v chromium >/dev/null || need_apt+=(chromium)  # renders the backtest report (tests)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -75,6 +75,7 @@ def aggregate(
     allowed_lateness_ms: int = 0,
     idle_close: bool = True,
     reopen_horizon_ms: int | None = None,
+    zone: str = "UTC",
 ) -> AggregateOut:
     """Event-time tumbling-window aggregates per tag; see :mod:`operators.aggregate.logic`."""
     params: dict[str, Any] = {
@@ -83,6 +84,7 @@ def aggregate(
         "allowed_lateness_ms": allowed_lateness_ms,
         "idle_close": idle_close,
         "reopen_horizon_ms": reopen_horizon_ms,
+        "zone": zone,
     }
     TumblingAggregator(**params)  # fail at build time, not on the first item
 

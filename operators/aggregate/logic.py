@@ -27,20 +27,33 @@ it on the late stream) and counted, never dropped silently.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 
 from operators._state import PickleCopy, TableCache, TagRegistry, tag_order
 from operators.errors import RuleError
-from wire.records import PointBatch, TagRef, WindowAggregates
+from wire.records import PointBatch, TagRef, WindowAggregates, ms_to_datetime, to_ms
 
-__all__ = ["Summary", "TumblingAggregator", "combine", "finalize", "summarize"]
+__all__ = [
+    "Summary",
+    "TumblingAggregator",
+    "combine",
+    "combine_many",
+    "finalize",
+    "summarize",
+    "summarize_many",
+]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+_DAY_MS = 86_400_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()  # n-day windows count whole days from here
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -71,11 +84,9 @@ def _segments(keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray
     return starts, ends
 
 
-def summarize(gid: npt.NDArray[np.int32], ts: I64, value: F64) -> Summary:
-    """Summarise raw points of one window per tag; input order only matters for ties."""
-    order = np.lexsort((ts, gid))
-    g, t, x = gid[order], ts[order], value[order]
-    starts, ends = _segments(g)
+def _stats(key: I64, g: npt.NDArray[np.int32], t: I64, x: F64) -> Summary:
+    """Summarise points sorted by (key, time); one row per run of equal ``key``."""
+    starts, ends = _segments(key)
     if not len(starts):
         e_i, e_f = np.empty(0, np.int64), np.empty(0, np.float64)
         return Summary(np.empty(0, np.int32), e_i, e_f, e_f, e_f, e_f, e_i, e_f, e_i, e_f, e_f)
@@ -85,7 +96,7 @@ def summarize(gid: npt.NDArray[np.int32], ts: I64, value: F64) -> Summary:
     dev = x - np.repeat(mean, count)
     m2 = np.add.reduceat(dev * dev, starts)
     seg = (x[1:] + x[:-1]) * 0.5 * np.diff(t).astype(np.float64)
-    seg = np.where(g[1:] == g[:-1], seg, 0.0)
+    seg = np.where(key[1:] == key[:-1], seg, 0.0)
     integral = np.add.reduceat(np.r_[seg, 0.0], starts)
     return Summary(
         gid=g[starts],
@@ -102,6 +113,40 @@ def summarize(gid: npt.NDArray[np.int32], ts: I64, value: F64) -> Summary:
     )
 
 
+def summarize(gid: npt.NDArray[np.int32], ts: I64, value: F64) -> Summary:
+    """Summarise raw points of one window per tag; input order only matters for ties."""
+    order = np.lexsort((ts, gid))
+    g = gid[order]
+    return _stats(g.astype(np.int64), g, ts[order], value[order])
+
+
+def _split(full: Summary, owner: I64, n: int) -> list[Summary]:
+    """Cut a summary whose rows are sorted by ``owner`` (0..n-1) into one summary each."""
+    bounds = np.searchsorted(owner, np.arange(n + 1)).tolist()
+    cols = [getattr(full, f) for f in Summary.__slots__]
+    return [Summary(*(c[a:b] for c in cols)) for a, b in itertools.pairwise(bounds)]
+
+
+def summarize_many(parts: list[tuple[npt.NDArray[np.int32], I64, F64]]) -> list[Summary]:
+    """Return :func:`summarize` of many point sets, computed with one sort for all.
+
+    A history replay closes thousands of windows per batch: per-window numpy calls would
+    dominate.
+    """
+    if len(parts) == 1:
+        return [summarize(*parts[0])]
+    sizes = [len(p[0]) for p in parts]
+    owner = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
+    gid = np.concatenate([p[0] for p in parts]) if parts else _EMPTY_GID
+    ts = np.concatenate([p[1] for p in parts]) if parts else _EMPTY_TS
+    value = np.concatenate([p[2] for p in parts]) if parts else _EMPTY_VAL
+    order = np.lexsort((ts, gid, owner))
+    g, o = gid[order], owner[order]
+    key = o * (int(g.max()) + 1 if len(g) else 1) + g
+    full = _stats(key, g, ts[order], value[order])
+    return _split(full, o[_segments(key)[0]], len(parts))
+
+
 def combine(parts: list[Summary]) -> Summary:
     """Combine summaries of consecutive windows into the summary of their union.
 
@@ -109,12 +154,31 @@ def combine(parts: list[Summary]) -> Summary:
     """
     if len(parts) == 1:
         return parts[0]
-    seq = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(parts)])
-    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in Summary.__slots__}
-    order = np.lexsort((seq, cat["gid"]))
-    c = {f: v[order] for f, v in cat.items()}
-    g = c["gid"]
-    starts, ends = _segments(g)
+    return combine_many([parts])[0]
+
+
+def combine_many(groups: list[list[Summary]]) -> list[Summary]:
+    """:func:`combine` of each group, all groups at once (one sort for all)."""
+    flat = [p for grp in groups for p in grp]
+    if not flat:
+        return [summarize(_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL) for _ in groups]
+    owner_of_part = np.repeat(np.arange(len(groups), dtype=np.int64), [len(g) for g in groups])
+    sizes = [len(p) for p in flat]
+    seq = np.repeat(np.arange(len(flat), dtype=np.int64), sizes)
+    owner = np.repeat(owner_of_part, sizes)
+    cat = Summary(*(np.concatenate([getattr(p, f) for p in flat]) for f in Summary.__slots__))
+    return _combine_rows(cat, seq, owner, len(groups))
+
+
+def _combine_rows(cat: Summary, seq: I64, owner: I64, n: int) -> list[Summary]:
+    """Combine rows of partial summaries: per ``owner`` and tag, in ``seq`` (time) order."""
+    order = np.lexsort((seq, cat.gid, owner))
+    c = {f: getattr(cat, f)[order] for f in Summary.__slots__}
+    g, o = c["gid"], owner[order]
+    key = o * (int(g.max()) + 1 if len(g) else 1) + g
+    starts, ends = _segments(key)
+    if not len(starts):
+        return [summarize(_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL) for _ in range(n)]
     count = np.add.reduceat(c["count"], starts)
     total = np.add.reduceat(c["sum"], starts)
     mean = total / count
@@ -122,9 +186,9 @@ def combine(parts: list[Summary]) -> Summary:
     spread = c["count"] * (part_mean - np.repeat(mean, ends - starts)) ** 2
     m2 = np.add.reduceat(c["m2"] + spread, starts)
     gap = (c["last"][:-1] + c["first"][1:]) * 0.5 * (c["first_ts"][1:] - c["last_ts"][:-1])
-    gap = np.where(g[1:] == g[:-1], gap, 0.0)
+    gap = np.where(key[1:] == key[:-1], gap, 0.0)
     integral = np.add.reduceat(c["integral"] + np.r_[gap, 0.0], starts)
-    return Summary(
+    full = Summary(
         gid=g[starts],
         count=count,
         sum=total,
@@ -137,6 +201,32 @@ def combine(parts: list[Summary]) -> Summary:
         last=c["last"][ends - 1],
         integral=integral,
     )
+    return _split(full, o[starts], n)
+
+
+def _window_summaries(
+    windows: list[list[tuple[npt.NDArray[np.int32], I64, F64]]],
+) -> list[Summary]:
+    """Summaries of whole windows from the raw points of their slices (in time order).
+
+    The same numbers, bit for bit, as summarising each slice and combining them (the same
+    sorts and sums in the same order), without a summary object per slice.
+    """
+    slices = [sl for w in windows for sl in w]
+    if not slices:
+        return [summarize(_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL) for _ in windows]
+    sizes = [len(sl[0]) for sl in slices]
+    seq = np.repeat(np.arange(len(slices), dtype=np.int64), sizes)
+    win_of_slice = np.repeat(np.arange(len(windows), dtype=np.int64), [len(w) for w in windows])
+    gid = np.concatenate([sl[0] for sl in slices])
+    ts = np.concatenate([sl[1] for sl in slices])
+    value = np.concatenate([sl[2] for sl in slices])
+    order = np.lexsort((ts, gid, seq))
+    g, q = gid[order], seq[order]
+    key = q * (int(g.max()) + 1 if len(g) else 1) + g
+    rows = _stats(key, g, ts[order], value[order])
+    row_seq = q[_segments(key)[0]]
+    return _combine_rows(rows, row_seq, win_of_slice[row_seq], len(windows))
 
 
 def finalize(
@@ -147,6 +237,8 @@ def finalize(
     tags: list[TagRef],
     closed_by: str = "watermark",
     revision: int = 0,
+    end_ms: int | None = None,
+    zone: str | None = None,
 ) -> WindowAggregates:
     """Turn a summary into the aggregates of its window (mean, std, time-weighted mean)."""
     s = summary
@@ -172,6 +264,8 @@ def finalize(
         integral=s.integral,
         closed_by=closed_by,
         revision=revision,
+        end=end_ms,
+        zone=zone,
     )
 
 
@@ -217,6 +311,10 @@ class _Slice:
         self.value.append(value)
         self.cached = None
 
+    def raw(self) -> tuple[npt.NDArray[np.int32], I64, F64]:
+        """Return the raw points (tag ids, times, values) still held."""
+        return self._compact()
+
     def _compact(self) -> tuple[npt.NDArray[np.int32], I64, F64]:
         if len(self.gid) > 1:  # later summaries reuse the concatenation
             self.gid = [np.concatenate(self.gid)]
@@ -247,6 +345,17 @@ class _Slice:
         return _Slice(list(self.gid), list(self.ts), list(self.value), self.base, self.cached)
 
 
+def _summarize_slices(slices: list[_Slice]) -> None:
+    """Compute the summaries of ``slices`` (none cached) with one sort for all."""
+    if len(slices) < 2:
+        for sl in slices:
+            sl.summary()
+        return
+    raws = [sl.raw() for sl in slices]
+    for sl, exact in zip(slices, summarize_many(raws), strict=True):
+        sl.cached = _override(sl.base, exact)
+
+
 @dataclass(slots=True)
 class _Win:
     """One base window: its slices (by slice start) and the revision last emitted.
@@ -260,8 +369,24 @@ class _Win:
     held: npt.NDArray[np.intp] = field(default_factory=lambda: np.empty(0, np.intp))
     tag_ids: npt.NDArray[np.int32] | None = None  # cache of gids(); None after a change
 
+    def raw_only(self) -> bool:
+        """Return True while no slice has released raw points into a summary."""
+        return all(sl.base is None for sl in self.slices.values())
+
+    def raw_slices(self) -> list[tuple[npt.NDArray[np.int32], I64, F64]]:
+        """Return the raw points of each slice, in time order."""
+        return [self.slices[k].raw() for k in sorted(self.slices)]
+
+    def raw_gids(self) -> npt.NDArray[np.int32]:
+        """Tag ids of the raw points held."""
+        return np.unique(np.concatenate([g for g, _t, _v in self.raw_slices()]))
+
+    def parts(self) -> list[Summary]:
+        """Summaries of the slices, in time order."""
+        return [self.slices[k].summary() for k in sorted(self.slices)]
+
     def summary(self) -> Summary:
-        return combine([self.slices[k].summary() for k in sorted(self.slices)])
+        return combine(self.parts())
 
     def release(self, live: npt.NDArray[np.bool_]) -> None:
         """Keep raw points only of tags flagged in ``live`` (indexed by tag id)."""
@@ -335,10 +460,31 @@ class TumblingAggregator(PickleCopy):
         idle_close: bool = True,
         reopen_horizon_ms: int | None = None,
         slice_ms: int | None = None,
+        zone: str = "UTC",
     ) -> None:
         if window_ms <= 0:
             msg = f"window_ms must be positive, got {window_ms}"
             raise RuleError(msg)
+        self.zone = None if zone == "UTC" else zone
+        self._tz = None if self.zone is None else ZoneInfo(self.zone)
+        self._midnights: dict[int, int] = {}
+        if self._tz is not None and any(r % _DAY_MS == 0 for r in rollup_ms):
+            if window_ms % _DAY_MS == 0:
+                msg = (
+                    f"base windows of whole days cannot follow the time zone {zone}: use "
+                    "a shorter window_ms with a rollup of whole days"
+                )
+                raise RuleError(msg)
+            # Local midnights must fall on base window boundaries (offsets are whole
+            # quarter hours, whole hours in most zones).
+            for month in range(1, 13):
+                offset = datetime(2026, month, 1, tzinfo=self._tz).utcoffset()
+                if offset is not None and int(offset.total_seconds() * 1000) % window_ms:
+                    msg = (
+                        f"window_ms {window_ms} does not divide the UTC offset of {zone} "
+                        f"({offset}): local days could not be made of whole base windows"
+                    )
+                    raise RuleError(msg)
         for r in rollup_ms:
             if r <= window_ms or r % window_ms:
                 msg = f"rollup window {r} ms must be a multiple of the base window {window_ms} ms"
@@ -447,12 +593,16 @@ class TumblingAggregator(PickleCopy):
             slice_k = ts_k - ts_k % self.slice_ms  # slices tile the windows
             lo, hi = int(slice_k.min()), int(slice_k.max())
             if lo == hi:  # the common case: the batch falls in one slice
-                keys, inverse = [lo], None
+                parts: list[tuple[int, Any]] = [(lo, slice(None))]
             else:
-                uniq, inverse = np.unique(slice_k, return_inverse=True)
-                keys = uniq.tolist()
-            for k, key in enumerate(keys):
-                sel = slice(None) if inverse is None else inverse == k
+                # One stable sort, then contiguous runs: linear in the batch whatever the
+                # number of slices it spans (a history file's batch spans thousands).
+                order = np.argsort(slice_k, kind="stable")
+                sorted_k = slice_k[order]
+                cuts = np.flatnonzero(sorted_k[1:] != sorted_k[:-1]) + 1
+                edges = [0, *cuts.tolist(), len(order)]
+                parts = [(int(sorted_k[a]), order[a:b]) for a, b in itertools.pairwise(edges)]
+            for key, sel in parts:
                 wstart = key - key % self.window_ms
                 if self._closed_through is not None and wstart < self._closed_through:
                     win = self._closed.setdefault(wstart, _Win())
@@ -476,15 +626,21 @@ class TumblingAggregator(PickleCopy):
         if wm is None:
             return []
         through = (wm // self.window_ms) * self.window_ms
+        # Summarise the slices the watermark has passed, all at once, so that closing a window
+        # only has the last slice left to do (a point arriving later for a slice recomputes
+        # it). A batch of history passes thousands of slices: one sort for all of them.
+        _summarize_slices(
+            [
+                sl
+                for start, win in self._open.items()
+                if start + self.window_ms > through
+                for slice_start, sl in win.slices.items()
+                if sl.cached is None and slice_start + self.slice_ms <= wm
+            ]
+        )
         out = []
         if self._closed_through is None or through > self._closed_through:
             out = self._close_through(through)
-        # Summarise the slices the watermark has passed now, so that closing a window only
-        # has the last slice left to do (a point arriving later for a slice recomputes it).
-        for win in self._open.values():
-            for slice_start, sl in win.slices.items():
-                if sl.cached is None and slice_start + self.slice_ms <= wm:
-                    sl.summary()
         # A window closed by wall time (idle_close) may close before its tags pass its end +
         # lateness; release their raw points as soon as they do.
         for start, win in self._closed.items():
@@ -503,7 +659,7 @@ class TumblingAggregator(PickleCopy):
         for key in [
             k
             for k, r in self._rollups.items()
-            if r.revision >= 0 and self._all_passed(r.gids(), k[1] + k[0])
+            if r.revision >= 0 and self._all_passed(r.gids(), self._rollup_end(k))
         ]:
             del self._rollups[key]
         return out
@@ -516,12 +672,19 @@ class TumblingAggregator(PickleCopy):
         if not self._open and not any(r.revision < 0 for r in self._rollups.values()):
             return []
         ends = [s + self.window_ms for s in self._open]
-        ends += [s + r for (r, s), ru in self._rollups.items() if ru.revision < 0]
+        ends += [self._rollup_end(k) for k, ru in self._rollups.items() if ru.revision < 0]
+        # The rollups the open windows are about to join (not created until they close).
+        ends += [
+            self._rollup_end((r, self._rollup_start(r, s)))
+            for s in self._open
+            for r in self.rollup_ms
+        ]
         return self._close_through(max(ends), closed_by="eof")
 
     def _emit(
         self, summary: Summary, window_ms: int, start: int, closed_by: str, revision: int
     ) -> WindowAggregates:
+        end = self._rollup_end((window_ms, start)) if window_ms != self.window_ms else None
         return finalize(
             summary,
             window_ms=window_ms,
@@ -529,7 +692,37 @@ class TumblingAggregator(PickleCopy):
             tags=self._reg.tags,
             closed_by=closed_by,
             revision=revision,
+            end_ms=None if end == start + window_ms else end,
+            zone=self.zone,
         )
+
+    def _rollup_start(self, rollup_ms: int, base_start: int) -> int:
+        """Start of the rollup window holding the base window at ``base_start``.
+
+        Whole days follow the site's time zone: they start at local midnight (and last 23 or
+        25 hours when the clocks change); other rollups are aligned to UTC.
+        """
+        if self._tz is None or rollup_ms % _DAY_MS:
+            return base_start - base_start % rollup_ms
+        days = rollup_ms // _DAY_MS
+        ordinal = ms_to_datetime(base_start).astimezone(self._tz).date().toordinal()
+        return self._midnight(ordinal - (ordinal - _EPOCH_ORDINAL) % days)
+
+    def _rollup_end(self, key: tuple[int, int]) -> int:
+        rollup_ms, start = key
+        if self._tz is None or rollup_ms % _DAY_MS:
+            return start + rollup_ms
+        ordinal = ms_to_datetime(start).astimezone(self._tz).date().toordinal()
+        return self._midnight(ordinal + rollup_ms // _DAY_MS)
+
+    def _midnight(self, ordinal: int) -> int:
+        """Local midnight starting the day ``ordinal``, in UTC epoch ms (cached)."""
+        ms = self._midnights.get(ordinal)
+        if ms is None:
+            day = date.fromordinal(ordinal)
+            local = datetime(day.year, day.month, day.day, tzinfo=self._tz)
+            ms = self._midnights[ordinal] = to_ms(local)
+        return ms
 
     def _reemit(self, starts: set[int], closed_by: str) -> list[WindowAggregates]:
         out = []
@@ -541,12 +734,12 @@ class TumblingAggregator(PickleCopy):
             self.reemitted += 1
             out.append(self._emit(summary, self.window_ms, start, closed_by, win.revision))
             for r in self.rollup_ms:
-                key = (r, start - start % r)
+                key = (r, self._rollup_start(r, start))
                 ru = self._rollups.setdefault(key, _Rollup())
                 # A window started afresh holds only its new tags: keep the others' rows.
                 ru.put(start, _override(ru.parts.get(start), summary))
                 touched.add(key)
-        for key in sorted(touched, key=lambda k: (k[1] + k[0], k[0])):
+        for key in sorted(touched, key=lambda k: (self._rollup_end(k), k[0])):
             ru = self._rollups[key]
             if ru.revision >= 0:  # already emitted: emit the corrected rollup
                 ru.revision += 1
@@ -556,27 +749,51 @@ class TumblingAggregator(PickleCopy):
 
     def _close_through(self, through: int, closed_by: str = "watermark") -> list[WindowAggregates]:
         out: list[WindowAggregates] = []
-        for start in sorted(s for s in self._open if s + self.window_ms <= through):
-            win = self._open.pop(start)
-            summary = win.summary()
-            win.revision = 0
-            # Only tags that have not passed the window end + lateness can still reopen it:
-            # keep their raw points, the others live on in the slice summaries.
-            win.release(self._tag_max < start + self.window_ms + self.allowed_lateness_ms)
-            self._closed[start] = win
+        starts = sorted(s for s in self._open if s + self.window_ms <= through)
+        wins = [self._open.pop(s) for s in starts]
+        # Windows every tag of which has already passed (a history replay closes thousands
+        # per batch) are summarised straight from their raw points and never kept: nothing
+        # can reopen them. The others keep slice summaries for later points.
+        done = [
+            i
+            for i, w in enumerate(wins)
+            if w.raw_only() and self._all_passed(w.raw_gids(), starts[i] + self.window_ms)
+        ]
+        summaries: dict[int, Summary] = dict(
+            zip(done, _window_summaries([wins[i].raw_slices() for i in done]), strict=True)
+        )
+        kept = [i for i in range(len(wins)) if i not in summaries]
+        _summarize_slices([sl for i in kept for sl in wins[i].slices.values() if sl.cached is None])
+        summaries.update(zip(kept, combine_many([wins[i].parts() for i in kept]), strict=True))
+        for i, (start, win) in enumerate(zip(starts, wins, strict=True)):
+            summary = summaries[i]
             out.append(self._emit(summary, self.window_ms, start, closed_by, 0))
             for r in self.rollup_ms:
-                self._rollups.setdefault((r, start - start % r), _Rollup()).put(start, summary)
+                key = (r, self._rollup_start(r, start))
+                self._rollups.setdefault(key, _Rollup()).put(start, summary)
+            if i in kept:
+                win.revision = 0
+                # Only tags that have not passed the window end + lateness can still reopen
+                # it: keep their raw points, the others live on in the slice summaries.
+                win.release(self._tag_max < start + self.window_ms + self.allowed_lateness_ms)
+                self._closed[start] = win
         self._closed_through = (
             through if self._closed_through is None else max(through, self._closed_through)
         )
-        for (r, start), ru in sorted(
-            self._rollups.items(), key=lambda kv: (kv[0][1] + kv[0][0], kv[0][0])
-        ):
-            if ru.revision < 0 and start + r <= self._closed_through:
-                ru.revision = 0
-                parts = [ru.parts[s] for s in sorted(ru.parts)]
-                out.append(self._emit(combine(parts), r, start, closed_by, 0))
+        ready = sorted(
+            (
+                k
+                for k, ru in self._rollups.items()
+                if ru.revision < 0 and self._rollup_end(k) <= self._closed_through
+            ),
+            key=lambda k: (self._rollup_end(k), k[0]),
+        )
+        groups = [
+            [self._rollups[k].parts[s] for s in sorted(self._rollups[k].parts)] for k in ready
+        ]
+        for (r, start), summary in zip(ready, combine_many(groups), strict=True):
+            self._rollups[(r, start)].revision = 0
+            out.append(self._emit(summary, r, start, closed_by, 0))
         return out
 
     def open_windows(self) -> list[int]:

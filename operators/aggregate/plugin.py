@@ -66,6 +66,7 @@ def build(cfg: AggregateOp, b: Build) -> None:
         allowed_lateness_ms=cfg.allowed_lateness_ms,
         idle_close=cfg.idle_close,
         reopen_horizon_ms=cfg.reopen_horizon_ms,
+        zone=b.site.site.timezone,
     )
     late = op.flat_map(
         f"{cfg.id}_late",

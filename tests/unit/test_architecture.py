@@ -12,7 +12,7 @@ from flows.config import parse_site
 from flows.registry import BUILTINS, components, load_components
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("wire", "operators", "connectors", "simulators", "flows", "models")
+PACKAGES = ("wire", "operators", "connectors", "simulators", "flows", "models", "reports")
 
 
 def _imports(package: str) -> dict[str, set[str]]:

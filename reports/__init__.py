@@ -1,0 +1,1 @@
+"""Backtest reports: progress, a streaming result collector, and the HTML page with plots."""
