@@ -14,24 +14,46 @@ POWER = {"W", "kW", "MW", "VA", "kVA"}
 
 
 def reference_aggregates(
-    points: Iterable[tuple[str, str, int, float]], window_ms: int
+    points: Iterable[tuple[str, str, int, float]], window_ms: int, max_gap_ms: int | None = None
 ) -> dict[tuple[str, int], dict[str, float]]:
-    """``points`` are (path, unit, ts_ms, value) in arrival order -> {(path, start): stats}."""
+    """``points`` are (path, unit, ts_ms, value) in arrival order -> {(path, start): stats}.
+
+    Energy and the time-weighted mean follow the documented definition: the tag's points,
+    sorted by time, joined by straight lines wherever consecutive points are at most
+    ``max_gap_ms`` apart (default: the window); each window gets the integral of that line
+    over its own span, segment by segment, split at the window bounds.
+    """
+    gap = window_ms if max_gap_ms is None else max_gap_ms
     groups: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
+    series: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
     units: dict[str, str] = {}
     for seq, (path, unit, ts, value) in enumerate(points):
         groups[(path, ts - ts % window_ms)].append((ts, seq, value))
+        series[path].append((ts, seq, value))
         units[path] = unit
+    integral: dict[tuple[str, int], float] = defaultdict(float)
+    covered: dict[tuple[str, int], int] = defaultdict(int)
+    for path, rows in series.items():
+        rows.sort()
+        for (t0, _, v0), (t1, _, v1) in itertools.pairwise(rows):
+            if not 0 < t1 - t0 <= gap:
+                continue
+            w = t0 - t0 % window_ms
+            while w < t1:  # every window the segment crosses
+                a, b = max(t0, w), min(t1, w + window_ms)
+                if b > a:
+                    va = v0 + (v1 - v0) * (a - t0) / (t1 - t0)
+                    vb = v0 + (v1 - v0) * (b - t0) / (t1 - t0)
+                    integral[(path, w)] += (va + vb) / 2 * (b - a)
+                    covered[(path, w)] += b - a
+                w += window_ms
     out = {}
     for key, rows in groups.items():
         rows.sort()
         vals = [v for _, _, v in rows]
         n = len(vals)
         mean = math.fsum(vals) / n
-        integral = 0.0
-        for (t0, _, v0), (t1, _, v1) in itertools.pairwise(rows):
-            integral += (v0 + v1) / 2 * (t1 - t0)
-        span = rows[-1][0] - rows[0][0]
+        area, span = integral.get(key, 0.0), covered.get(key, 0)
         out[key] = {
             "count": n,
             "min": min(vals),
@@ -41,8 +63,8 @@ def reference_aggregates(
             "std": math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / n),
             "first": vals[0],
             "last": vals[-1],
-            "twa": integral / span if span > 0 else mean,
-            "energy": integral / 3_600_000 if units[key[0]] in POWER else None,
+            "twa": area / span if span > 0 else mean,
+            "energy": area / 3_600_000 if units[key[0]] in POWER else None,
         }
     return out
 

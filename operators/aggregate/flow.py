@@ -76,6 +76,7 @@ def aggregate(
     idle_close: bool = True,
     reopen_horizon_ms: int | None = None,
     zone: str = "UTC",
+    max_gap_ms: int | None = None,
 ) -> AggregateOut:
     """Event-time tumbling-window aggregates per tag; see :mod:`operators.aggregate.logic`."""
     params: dict[str, Any] = {
@@ -85,6 +86,7 @@ def aggregate(
         "idle_close": idle_close,
         "reopen_horizon_ms": reopen_horizon_ms,
         "zone": zone,
+        "max_gap_ms": max_gap_ms,
     }
     TumblingAggregator(**params)  # fail at build time, not on the first item
 

@@ -10,10 +10,19 @@ Definitions, per tag and window ``[start, start + window_ms)``, over the points 
 
 - ``count, min, max, sum, mean``; ``std`` is the population standard deviation;
 - ``first``/``last`` are the values of the earliest/latest point;
-- ``integral`` is the trapezoidal integral of value over time between the first and the last
-  point (value x milliseconds); ``twa`` (time-weighted mean) is ``integral / (last_ts -
-  first_ts)``, or ``mean`` when the window holds one instant;
+- ``integral`` (value x milliseconds) is the integral over the window of the line through the
+  tag's points in time order, wherever consecutive points are at most ``max_gap_ms`` apart
+  (default and at most the base window): the segments between the window's own points, plus
+  the parts of the segments to the point just before it and just after it, split at the window
+  bounds by linear interpolation. Integrals therefore add up: consecutive windows sum to their
+  rollup and to the trapezoid over the whole series. ``twa`` (time-weighted mean) is the
+  integral divided by the time it covers, or ``mean`` when it covers none;
 - ``energy`` is reported for power units only: ``integral`` in unit-hours (kW -> kWh).
+
+A base window is emitted when the watermark has passed it and, for each of its tags, the point
+after it is final (the tag has passed that point by the allowed lateness) or the watermark has
+passed the tag's last point by ``max_gap_ms``; a point that still moves a neighbour's tail
+later re-emits that window.
 
 Windows closed by the watermark carry ``closed_by="watermark"``; windows closed because the
 input ended (bounded replay, Ctrl-C) carry ``closed_by="eof"``: they hold every point that
@@ -27,6 +36,7 @@ it on the late stream) and counted, never dropped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -52,6 +62,7 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Edge = tuple[npt.NDArray[np.int32], I64, F64]  # tag ids (sorted), times, values
 _DAY_MS = 86_400_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()  # n-day windows count whole days from here
 
@@ -70,7 +81,12 @@ class Summary:
     first: F64
     last_ts: I64
     last: F64
-    integral: F64
+    integral: F64  # between the window's own points (segments up to max_gap)
+    covered: I64  # ms those segments cover
+    head: F64  # from the window start to the first point, toward the point before it
+    head_ms: I64
+    tail: F64  # from the last point to the window end, toward the point after it
+    tail_ms: I64
 
     def __len__(self) -> int:
         return len(self.gid)
@@ -84,20 +100,46 @@ def _segments(keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray
     return starts, ends
 
 
-def _stats(key: I64, g: npt.NDArray[np.int32], t: I64, x: F64) -> Summary:
+def _empty() -> Summary:
+    e_i, e_f = np.empty(0, np.int64), np.empty(0, np.float64)
+    return Summary(
+        np.empty(0, np.int32),
+        e_i,
+        e_f,
+        e_f,
+        e_f,
+        e_f,
+        e_i,
+        e_f,
+        e_i,
+        e_f,
+        e_f,
+        e_i,
+        e_f,
+        e_i,
+        e_f,
+        e_i,
+    )
+
+
+def _stats(key: I64, g: npt.NDArray[np.int32], t: I64, x: F64, max_gap: int | None) -> Summary:
     """Summarise points sorted by (key, time); one row per run of equal ``key``."""
     starts, ends = _segments(key)
     if not len(starts):
-        e_i, e_f = np.empty(0, np.int64), np.empty(0, np.float64)
-        return Summary(np.empty(0, np.int32), e_i, e_f, e_f, e_f, e_f, e_i, e_f, e_i, e_f, e_f)
+        return _empty()
     count = (ends - starts).astype(np.int64)
     total = np.add.reduceat(x, starts)
     mean = total / count
     dev = x - np.repeat(mean, count)
     m2 = np.add.reduceat(dev * dev, starts)
-    seg = (x[1:] + x[:-1]) * 0.5 * np.diff(t).astype(np.float64)
-    seg = np.where(key[1:] == key[:-1], seg, 0.0)
+    dt = np.diff(t)
+    inside = key[1:] == key[:-1]
+    if max_gap is not None:
+        inside &= dt <= max_gap
+    seg = np.where(inside, (x[1:] + x[:-1]) * 0.5 * dt.astype(np.float64), 0.0)
     integral = np.add.reduceat(np.r_[seg, 0.0], starts)
+    covered = np.add.reduceat(np.r_[np.where(inside, dt, 0), 0], starts)
+    zeros_f, zeros_i = np.zeros(len(starts)), np.zeros(len(starts), np.int64)
     return Summary(
         gid=g[starts],
         count=count,
@@ -110,14 +152,24 @@ def _stats(key: I64, g: npt.NDArray[np.int32], t: I64, x: F64) -> Summary:
         last_ts=t[ends - 1],
         last=x[ends - 1],
         integral=integral,
+        covered=covered.astype(np.int64),
+        head=zeros_f,
+        head_ms=zeros_i,
+        tail=zeros_f,
+        tail_ms=zeros_i,
     )
 
 
-def summarize(gid: npt.NDArray[np.int32], ts: I64, value: F64) -> Summary:
-    """Summarise raw points of one window per tag; input order only matters for ties."""
+def summarize(
+    gid: npt.NDArray[np.int32], ts: I64, value: F64, max_gap: int | None = None
+) -> Summary:
+    """Summarise raw points of one window per tag; input order only matters for ties.
+
+    Segments between consecutive points longer than ``max_gap`` ms are not integrated.
+    """
     order = np.lexsort((ts, gid))
     g = gid[order]
-    return _stats(g.astype(np.int64), g, ts[order], value[order])
+    return _stats(g.astype(np.int64), g, ts[order], value[order], max_gap)
 
 
 def _split(full: Summary, owner: I64, n: int) -> list[Summary]:
@@ -127,14 +179,16 @@ def _split(full: Summary, owner: I64, n: int) -> list[Summary]:
     return [Summary(*(c[a:b] for c in cols)) for a, b in itertools.pairwise(bounds)]
 
 
-def summarize_many(parts: list[tuple[npt.NDArray[np.int32], I64, F64]]) -> list[Summary]:
+def summarize_many(
+    parts: list[tuple[npt.NDArray[np.int32], I64, F64]], max_gap: int | None = None
+) -> list[Summary]:
     """Return :func:`summarize` of many point sets, computed with one sort for all.
 
     A history replay closes thousands of windows per batch: per-window numpy calls would
     dominate.
     """
     if len(parts) == 1:
-        return [summarize(*parts[0])]
+        return [summarize(*parts[0], max_gap)]
     sizes = [len(p[0]) for p in parts]
     owner = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
     gid = np.concatenate([p[0] for p in parts]) if parts else _EMPTY_GID
@@ -143,34 +197,37 @@ def summarize_many(parts: list[tuple[npt.NDArray[np.int32], I64, F64]]) -> list[
     order = np.lexsort((ts, gid, owner))
     g, o = gid[order], owner[order]
     key = o * (int(g.max()) + 1 if len(g) else 1) + g
-    full = _stats(key, g, ts[order], value[order])
+    full = _stats(key, g, ts[order], value[order], max_gap)
     return _split(full, o[_segments(key)[0]], len(parts))
 
 
-def combine(parts: list[Summary]) -> Summary:
+def combine(parts: list[Summary], max_gap: int | None = None) -> Summary:
     """Combine summaries of consecutive windows into the summary of their union.
 
-    ``parts`` must be in time order; the result equals :func:`summarize` over all points.
+    ``parts`` must be in time order; the result equals :func:`summarize` over all points. The
+    union's head is its first part's and its tail its last part's (per tag).
     """
     if len(parts) == 1:
         return parts[0]
-    return combine_many([parts])[0]
+    return combine_many([parts], max_gap)[0]
 
 
-def combine_many(groups: list[list[Summary]]) -> list[Summary]:
+def combine_many(groups: list[list[Summary]], max_gap: int | None = None) -> list[Summary]:
     """:func:`combine` of each group, all groups at once (one sort for all)."""
     flat = [p for grp in groups for p in grp]
     if not flat:
-        return [summarize(_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL) for _ in groups]
+        return [_empty() for _ in groups]
     owner_of_part = np.repeat(np.arange(len(groups), dtype=np.int64), [len(g) for g in groups])
     sizes = [len(p) for p in flat]
     seq = np.repeat(np.arange(len(flat), dtype=np.int64), sizes)
     owner = np.repeat(owner_of_part, sizes)
     cat = Summary(*(np.concatenate([getattr(p, f) for p in flat]) for f in Summary.__slots__))
-    return _combine_rows(cat, seq, owner, len(groups))
+    return _combine_rows(cat, seq, owner, len(groups), max_gap)
 
 
-def _combine_rows(cat: Summary, seq: I64, owner: I64, n: int) -> list[Summary]:
+def _combine_rows(
+    cat: Summary, seq: I64, owner: I64, n: int, max_gap: int | None = None
+) -> list[Summary]:
     """Combine rows of partial summaries: per ``owner`` and tag, in ``seq`` (time) order."""
     order = np.lexsort((seq, cat.gid, owner))
     c = {f: getattr(cat, f)[order] for f in Summary.__slots__}
@@ -178,16 +235,20 @@ def _combine_rows(cat: Summary, seq: I64, owner: I64, n: int) -> list[Summary]:
     key = o * (int(g.max()) + 1 if len(g) else 1) + g
     starts, ends = _segments(key)
     if not len(starts):
-        return [summarize(_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL) for _ in range(n)]
+        return [_empty() for _ in range(n)]
     count = np.add.reduceat(c["count"], starts)
     total = np.add.reduceat(c["sum"], starts)
     mean = total / count
     part_mean = c["sum"] / c["count"]
     spread = c["count"] * (part_mean - np.repeat(mean, ends - starts)) ** 2
     m2 = np.add.reduceat(c["m2"] + spread, starts)
-    gap = (c["last"][:-1] + c["first"][1:]) * 0.5 * (c["first_ts"][1:] - c["last_ts"][:-1])
-    gap = np.where(key[1:] == key[:-1], gap, 0.0)
+    dt = c["first_ts"][1:] - c["last_ts"][:-1]
+    inside = key[1:] == key[:-1]
+    if max_gap is not None:
+        inside &= dt <= max_gap
+    gap = np.where(inside, (c["last"][:-1] + c["first"][1:]) * 0.5 * dt, 0.0)
     integral = np.add.reduceat(c["integral"] + np.r_[gap, 0.0], starts)
+    covered = np.add.reduceat(c["covered"] + np.r_[np.where(inside, dt, 0), 0], starts)
     full = Summary(
         gid=g[starts],
         count=count,
@@ -200,12 +261,17 @@ def _combine_rows(cat: Summary, seq: I64, owner: I64, n: int) -> list[Summary]:
         last_ts=c["last_ts"][ends - 1],
         last=c["last"][ends - 1],
         integral=integral,
+        covered=covered.astype(np.int64),
+        head=c["head"][starts],
+        head_ms=c["head_ms"][starts],
+        tail=c["tail"][ends - 1],
+        tail_ms=c["tail_ms"][ends - 1],
     )
     return _split(full, o[starts], n)
 
 
 def _window_summaries(
-    windows: list[list[tuple[npt.NDArray[np.int32], I64, F64]]],
+    windows: list[list[tuple[npt.NDArray[np.int32], I64, F64]]], max_gap: int | None = None
 ) -> list[Summary]:
     """Summaries of whole windows from the raw points of their slices (in time order).
 
@@ -214,7 +280,7 @@ def _window_summaries(
     """
     slices = [sl for w in windows for sl in w]
     if not slices:
-        return [summarize(_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL) for _ in windows]
+        return [_empty() for _ in windows]
     sizes = [len(sl[0]) for sl in slices]
     seq = np.repeat(np.arange(len(slices), dtype=np.int64), sizes)
     win_of_slice = np.repeat(np.arange(len(windows), dtype=np.int64), [len(w) for w in windows])
@@ -224,9 +290,9 @@ def _window_summaries(
     order = np.lexsort((ts, gid, seq))
     g, q = gid[order], seq[order]
     key = q * (int(g.max()) + 1 if len(g) else 1) + g
-    rows = _stats(key, g, ts[order], value[order])
+    rows = _stats(key, g, ts[order], value[order], max_gap)
     row_seq = q[_segments(key)[0]]
-    return _combine_rows(rows, row_seq, win_of_slice[row_seq], len(windows))
+    return _combine_rows(rows, row_seq, win_of_slice[row_seq], len(windows), max_gap)
 
 
 def finalize(
@@ -243,9 +309,10 @@ def finalize(
     """Turn a summary into the aggregates of its window (mean, std, time-weighted mean)."""
     s = summary
     mean = s.sum / s.count
-    span = (s.last_ts - s.first_ts).astype(np.float64)
+    integral = s.integral + s.head + s.tail
+    span = (s.covered + s.head_ms + s.tail_ms).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        twa = np.where(span > 0, s.integral / np.where(span > 0, span, 1.0), mean)
+        twa = np.where(span > 0, integral / np.where(span > 0, span, 1.0), mean)
     return WindowAggregates(
         window_ms=window_ms,
         start_ms=start_ms,
@@ -261,7 +328,7 @@ def finalize(
         first_ts=s.first_ts,
         last_ts=s.last_ts,
         twa=twa,
-        integral=s.integral,
+        integral=integral,
         closed_by=closed_by,
         revision=revision,
         end=end_ms,
@@ -304,6 +371,7 @@ class _Slice:
     value: list[F64] = field(default_factory=list)
     base: Summary | None = None
     cached: Summary | None = None
+    max_gap: int | None = None
 
     def add(self, gid: npt.NDArray[np.int32], ts: I64, value: F64) -> None:
         self.gid.append(gid)
@@ -327,7 +395,7 @@ class _Slice:
     def summary(self) -> Summary:
         if self.cached is None:
             gid, ts, value = self._compact()
-            self.cached = _override(self.base, summarize(gid, ts, value))
+            self.cached = _override(self.base, summarize(gid, ts, value, self.max_gap))
         return self.cached
 
     def release(self, live: npt.NDArray[np.bool_]) -> None:
@@ -342,7 +410,9 @@ class _Slice:
 
     def copy(self) -> _Slice:
         # Arrays are never written in place, so copies share them.
-        return _Slice(list(self.gid), list(self.ts), list(self.value), self.base, self.cached)
+        return _Slice(
+            list(self.gid), list(self.ts), list(self.value), self.base, self.cached, self.max_gap
+        )
 
 
 def _summarize_slices(slices: list[_Slice]) -> None:
@@ -352,7 +422,7 @@ def _summarize_slices(slices: list[_Slice]) -> None:
             sl.summary()
         return
     raws = [sl.raw() for sl in slices]
-    for sl, exact in zip(slices, summarize_many(raws), strict=True):
+    for sl, exact in zip(slices, summarize_many(raws, slices[0].max_gap), strict=True):
         sl.cached = _override(sl.base, exact)
 
 
@@ -368,6 +438,11 @@ class _Win:
     revision: int = -1  # -1: never emitted
     held: npt.NDArray[np.intp] = field(default_factory=lambda: np.empty(0, np.intp))
     tag_ids: npt.NDArray[np.int32] | None = None  # cache of gids(); None after a change
+    max_gap: int | None = None
+    # Once emitted: the neighbours its head and tail were computed from (tag ids sorted): the
+    # last points of the window before and the first points of the window after.
+    prev: Edge | None = None
+    nxt: Edge | None = None
 
     def raw_only(self) -> bool:
         """Return True while no slice has released raw points into a summary."""
@@ -386,7 +461,16 @@ class _Win:
         return [self.slices[k].summary() for k in sorted(self.slices)]
 
     def summary(self) -> Summary:
-        return combine(self.parts())
+        return combine(self.parts(), self.max_gap)
+
+    def firsts(self) -> Edge:
+        """Return the earliest point of each tag (slices are in time order, never overlap)."""
+        parts = self.parts()
+        gid = np.concatenate([p.gid for p in parts])
+        ts = np.concatenate([p.first_ts for p in parts])
+        value = np.concatenate([p.first for p in parts])
+        uniq, idx = np.unique(gid, return_index=True)
+        return uniq, ts[idx], value[idx]
 
     def release(self, live: npt.NDArray[np.bool_]) -> None:
         """Keep raw points only of tags flagged in ``live`` (indexed by tag id)."""
@@ -396,11 +480,16 @@ class _Win:
 
     def copy(self) -> _Win:
         slices = {k: v.copy() for k, v in self.slices.items()}
-        return _Win(slices, self.revision, self.held, self.tag_ids)
+        return _Win(
+            slices, self.revision, self.held, self.tag_ids, self.max_gap, self.prev, self.nxt
+        )
 
     def add(self, key: int, gid: npt.NDArray[np.int32], ts: I64, value: F64) -> None:
         """Add points to the slice starting at ``key``."""
-        self.slices.setdefault(key, _Slice()).add(gid, ts, value)
+        sl = self.slices.get(key)
+        if sl is None:
+            sl = self.slices[key] = _Slice(max_gap=self.max_gap)
+        sl.add(gid, ts, value)
         self.tag_ids = None
 
     def gids(self) -> npt.NDArray[np.int32]:
@@ -428,6 +517,42 @@ class _Rollup:
         if self.tag_ids is None:
             self.tag_ids = np.unique(np.concatenate([p.gid for p in self.parts.values()]))
         return self.tag_ids
+
+
+def _match(gid: npt.NDArray[np.int32], edge: Edge | None) -> tuple[npt.NDArray[np.bool_], I64, F64]:
+    """For each tag id, whether ``edge`` has it, and its time and value there."""
+    n = len(gid)
+    if edge is None or not len(edge[0]):
+        return np.zeros(n, np.bool_), np.zeros(n, np.int64), np.zeros(n, np.float64)
+    e_gid, e_ts, e_val = edge
+    pos = np.minimum(np.searchsorted(e_gid, gid), len(e_gid) - 1)
+    return e_gid[pos] == gid, e_ts[pos], e_val[pos]
+
+
+def _with_edges(
+    s: Summary, start: int, end: int, prev: Edge | None, nxt: Edge | None, max_gap: int
+) -> Summary:
+    """Return ``s`` with its head (window start -> first point) and tail (last point -> end).
+
+    The line from the point before the window to its first point is split at the window start;
+    the line from its last point to the point after it, at the window end. Segments longer than
+    ``max_gap`` ms are not interpolated.
+    """
+    has, p_ts, p_val = _match(s.gid, prev)
+    dt = (s.first_ts - p_ts).astype(np.float64)
+    ok = has & (dt > 0) & (dt <= max_gap) & (s.first_ts > start)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        at_start = p_val + (s.first - p_val) * (start - p_ts) / np.where(ok, dt, 1.0)
+    head_ms = np.where(ok, s.first_ts - start, 0).astype(np.int64)
+    head = np.where(ok, (at_start + s.first) * 0.5 * head_ms, 0.0)
+    has, n_ts, n_val = _match(s.gid, nxt)
+    dt = (n_ts - s.last_ts).astype(np.float64)
+    ok = has & (dt > 0) & (dt <= max_gap) & (n_ts >= end)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        at_end = s.last + (n_val - s.last) * (end - s.last_ts) / np.where(ok, dt, 1.0)
+    tail_ms = np.where(ok, end - s.last_ts, 0).astype(np.int64)
+    tail = np.where(ok, (s.last + at_end) * 0.5 * tail_ms, 0.0)
+    return dataclasses.replace(s, head=head, head_ms=head_ms, tail=tail, tail_ms=tail_ms)
 
 
 class TumblingAggregator(PickleCopy):
@@ -461,9 +586,17 @@ class TumblingAggregator(PickleCopy):
         reopen_horizon_ms: int | None = None,
         slice_ms: int | None = None,
         zone: str = "UTC",
+        max_gap_ms: int | None = None,
     ) -> None:
         if window_ms <= 0:
             msg = f"window_ms must be positive, got {window_ms}"
+            raise RuleError(msg)
+        self.max_gap_ms = window_ms if max_gap_ms is None else max_gap_ms
+        if not 0 < self.max_gap_ms <= window_ms:
+            msg = (
+                f"max_gap_ms {max_gap_ms} must be positive and at most window_ms {window_ms} "
+                "(a longer gap would span a window without samples)"
+            )
             raise RuleError(msg)
         self.zone = None if zone == "UTC" else zone
         self._tz = None if self.zone is None else ZoneInfo(self.zone)
@@ -510,6 +643,9 @@ class TumblingAggregator(PickleCopy):
         self._closed: dict[int, _Win] = {}
         self._rollups: dict[tuple[int, int], _Rollup] = {}
         self._closed_through: int | None = None
+        # The last points of the newest closed base window: the next window's heads.
+        self._last_closed: tuple[int, Edge] | None = None
+        self._held: int | None = None  # start of a window due but waiting for its tails
         self._source_max: dict[str, int] = {}
         self._max_event_ms: int | None = None
         self._wall_at_max_ms = 0
@@ -554,8 +690,14 @@ class TumblingAggregator(PickleCopy):
         """Wall time at which the oldest open window closes if no newer event arrives."""
         if not self._open or not self.idle_close or not self._source_max:
             return None
-        end = min(self._open) + self.window_ms
-        lag = end + self.allowed_lateness_ms - min(self._source_max.values())
+        oldest = min(self._open)
+        newest = min(self._source_max.values())
+        lag = oldest + self.window_ms + self.allowed_lateness_ms - newest
+        if oldest == self._held:
+            # Due but held for its tails (see _held_from): at the latest until the watermark
+            # passes its newest point by max_gap_ms.
+            last = int(self._open[oldest].summary().last_ts.max())
+            lag = last + self.max_gap_ms + self.allowed_lateness_ms - newest
         return self._wall_at_max_ms + max(lag, 0)
 
     def _gids(self, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int32]:
@@ -605,10 +747,23 @@ class TumblingAggregator(PickleCopy):
             for key, sel in parts:
                 wstart = key - key % self.window_ms
                 if self._closed_through is not None and wstart < self._closed_through:
-                    win = self._closed.setdefault(wstart, _Win())
+                    win = self._closed.get(wstart) or self._closed.setdefault(
+                        wstart, _Win(max_gap=self.max_gap_ms)
+                    )
                     dirty.add(wstart)
+                    # Its neighbours' heads and tails lean on its first and last points.
+                    dirty.update(
+                        s
+                        for s in (wstart - self.window_ms, wstart + self.window_ms)
+                        if s in self._closed
+                    )
                 else:
-                    win = self._open.setdefault(wstart, _Win())
+                    win = self._open.get(wstart) or self._open.setdefault(
+                        wstart, _Win(max_gap=self.max_gap_ms)
+                    )
+                    before = self._closed.get(wstart - self.window_ms)
+                    if before is not None and self._moves_next(before, gid_k[sel], ts_k[sel]):
+                        dirty.add(wstart - self.window_ms)
                 win.add(key, gid_k[sel], ts_k[sel], val_k[sel])
             newest = int(ts_k.max())
             src = batch.source or "_"
@@ -640,7 +795,7 @@ class TumblingAggregator(PickleCopy):
         )
         out = []
         if self._closed_through is None or through > self._closed_through:
-            out = self._close_through(through)
+            out = self._close_through(through, wm=wm)
         # A window closed by wall time (idle_close) may close before its tags pass its end +
         # lateness; release their raw points as soon as they do.
         for start, win in self._closed.items():
@@ -653,13 +808,15 @@ class TumblingAggregator(PickleCopy):
         # had no point in a forgotten window and later sends one starts it afresh (its rows
         # are its own).
         for start in [
-            s for s, w in self._closed.items() if self._all_passed(w.gids(), s + self.window_ms)
+            s
+            for s, w in self._closed.items()
+            if self._all_passed(w.gids(), s + self.window_ms + self.max_gap_ms)
         ]:
             del self._closed[start]
         for key in [
             k
             for k, r in self._rollups.items()
-            if r.revision >= 0 and self._all_passed(r.gids(), self._rollup_end(k))
+            if r.revision >= 0 and self._all_passed(r.gids(), self._rollup_end(k) + self.max_gap_ms)
         ]:
             del self._rollups[key]
         return out
@@ -729,7 +886,7 @@ class TumblingAggregator(PickleCopy):
         touched: set[tuple[int, int]] = set()
         for start in sorted(starts):
             win = self._closed[start]
-            summary = win.summary()
+            summary = self._edged([start], [win.summary()], [win])[0]
             win.revision += 1
             self.reemitted += 1
             out.append(self._emit(summary, self.window_ms, start, closed_by, win.revision))
@@ -744,29 +901,123 @@ class TumblingAggregator(PickleCopy):
             if ru.revision >= 0:  # already emitted: emit the corrected rollup
                 ru.revision += 1
                 parts = [ru.parts[s] for s in sorted(ru.parts)]
-                out.append(self._emit(combine(parts), key[0], key[1], closed_by, ru.revision))
+                summary = combine(parts, self.max_gap_ms)
+                out.append(self._emit(summary, key[0], key[1], closed_by, ru.revision))
         return out
 
-    def _close_through(self, through: int, closed_by: str = "watermark") -> list[WindowAggregates]:
+    def _moves_next(self, before: _Win, gid: npt.NDArray[np.int32], ts: I64) -> bool:
+        """Return True if points entering the window after ``before`` move one of its tails.
+
+        A point moves a tail when it is near enough to the tag's last point in ``before``
+        (``max_gap_ms``) and comes before the point that tail was computed from, if any.
+        """
+        if before.nxt is None:
+            return False
+        own = before.summary()
+        has, last_ts, _ = _match(gid, (own.gid, own.last_ts, own.last))
+        near = has & (ts - last_ts <= self.max_gap_ms)
+        if not near.any():
+            return False
+        known, n_ts, _ = _match(gid, before.nxt)
+        return bool((near & (~known | (ts < n_ts))).any())
+
+    def _neighbour(self, start: int, *, after: bool) -> Edge | None:
+        """First (``after``) or last points of the base window at ``start``, if it exists."""
+        win = self._closed.get(start) or (self._open.get(start) if after else None)
+        if win is not None:
+            if after:
+                return win.firsts()
+            s = win.summary()
+            return s.gid, s.last_ts, s.last
+        if not after and self._last_closed is not None and self._last_closed[0] == start:
+            return self._last_closed[1]
+        return None
+
+    def _edged(self, starts: list[int], sums: list[Summary], wins: list[_Win]) -> list[Summary]:
+        """Add heads and tails to the summaries of the base windows at ``starts``.
+
+        They are the parts of the segments to the points just outside each window, split at
+        its bounds by linear interpolation; consecutive windows are taken together, the others'
+        neighbours come from the windows around them.
+        """
+        w, gap = self.window_ms, self.max_gap_ms
+        out = []
+        for i, (start, summary, win) in enumerate(zip(starts, sums, wins, strict=True)):
+            if i and starts[i - 1] == start - w:
+                p = sums[i - 1]
+                prev: Edge | None = (p.gid, p.last_ts, p.last)
+            else:
+                prev = self._neighbour(start - w, after=False) or win.prev
+            if i + 1 < len(starts) and starts[i + 1] == start + w:
+                n = sums[i + 1]
+                nxt: Edge | None = (n.gid, n.first_ts, n.first)
+            else:
+                nxt = self._neighbour(start + w, after=True)
+            win.prev = prev
+            # No window after it yet: any point there later gives a tail, so it must show.
+            win.nxt = nxt if nxt is not None else (_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL)
+            out.append(_with_edges(summary, start, start + w, prev, nxt, gap))
+        return out
+
+    def _held_from(self, starts: list[int], interior: list[Summary], wm: int) -> int:
+        """Index of the first window to hold back: one with a tag whose tail may still move.
+
+        A window is emitted once, for each of its tags, the first point after it is known and
+        final (the tag has passed it by the allowed lateness: no on-time point can come before
+        it any more), or the watermark has passed the tag's last point by ``max_gap_ms`` (no
+        point after it is expected to be near enough). So tails are final when emitted, and
+        re-emissions stay as rare as reopened windows.
+        """
+        w = self.window_ms
+        for i, (start, summary) in enumerate(zip(starts, interior, strict=True)):
+            if i + 1 < len(starts) and starts[i + 1] == start + w:
+                n = interior[i + 1]
+                nxt: Edge | None = (n.gid, n.first_ts, n.first)
+            else:
+                nxt = self._neighbour(start + w, after=True)
+            has, n_ts, _ = _match(summary.gid, nxt)
+            final = has & (self._tag_max[summary.gid] >= n_ts + self.allowed_lateness_ms)
+            quiet = wm >= summary.last_ts + self.max_gap_ms
+            if not (final | quiet).all():
+                return i
+        return len(starts)
+
+    def _close_through(
+        self, through: int, closed_by: str = "watermark", wm: int | None = None
+    ) -> list[WindowAggregates]:
         out: list[WindowAggregates] = []
         starts = sorted(s for s in self._open if s + self.window_ms <= through)
         wins = [self._open.pop(s) for s in starts]
         # Windows every tag of which has already passed (a history replay closes thousands
         # per batch) are summarised straight from their raw points and never kept: nothing
         # can reopen them. The others keep slice summaries for later points.
+        gap = self.max_gap_ms
         done = [
             i
             for i, w in enumerate(wins)
-            if w.raw_only() and self._all_passed(w.raw_gids(), starts[i] + self.window_ms)
+            if w.raw_only() and self._all_passed(w.raw_gids(), starts[i] + self.window_ms + gap)
         ]
-        summaries: dict[int, Summary] = dict(
-            zip(done, _window_summaries([wins[i].raw_slices() for i in done]), strict=True)
+        interior: dict[int, Summary] = dict(
+            zip(done, _window_summaries([wins[i].raw_slices() for i in done], gap), strict=True)
         )
-        kept = [i for i in range(len(wins)) if i not in summaries]
+        kept = [i for i in range(len(wins)) if i not in interior]
         _summarize_slices([sl for i in kept for sl in wins[i].slices.values() if sl.cached is None])
-        summaries.update(zip(kept, combine_many([wins[i].parts() for i in kept]), strict=True))
+        interior.update(zip(kept, combine_many([wins[i].parts() for i in kept], gap), strict=True))
+        if wm is not None:  # closed by the watermark: hold back windows whose tails may move
+            cut = self._held_from(starts, [interior[i] for i in range(len(wins))], wm)
+            for start, win in zip(starts[cut:], wins[cut:], strict=True):
+                self._open[start] = win
+            self._held = starts[cut] if cut < len(starts) else None
+            if cut < len(starts):
+                through = starts[cut]
+            starts, wins = starts[:cut], wins[:cut]
+            kept = [i for i in kept if i < cut]
+        edged = self._edged(starts, [interior[i] for i in range(len(wins))], wins)
+        if starts and (self._last_closed is None or starts[-1] >= self._last_closed[0]):
+            last = interior[len(wins) - 1]
+            self._last_closed = (starts[-1], (last.gid, last.last_ts, last.last))
         for i, (start, win) in enumerate(zip(starts, wins, strict=True)):
-            summary = summaries[i]
+            summary = edged[i]
             out.append(self._emit(summary, self.window_ms, start, closed_by, 0))
             for r in self.rollup_ms:
                 key = (r, self._rollup_start(r, start))
@@ -791,7 +1042,7 @@ class TumblingAggregator(PickleCopy):
         groups = [
             [self._rollups[k].parts[s] for s in sorted(self._rollups[k].parts)] for k in ready
         ]
-        for (r, start), summary in zip(ready, combine_many(groups), strict=True):
+        for (r, start), summary in zip(ready, combine_many(groups, gap), strict=True):
             self._rollups[(r, start)].revision = 0
             out.append(self._emit(summary, r, start, closed_by, 0))
         return out

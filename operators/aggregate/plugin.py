@@ -28,6 +28,12 @@ class AggregateOp(OperatorModel):
         description="advance the watermark with wall time so idle tags' windows close; "
         "turn off for deterministic replays",
     )
+    max_gap_ms: int | None = Field(
+        default=None,
+        gt=0,
+        description="energy and time-weighted means interpolate between points at most this "
+        "far apart (default and at most window_ms)",
+    )
     reopen_horizon_ms: int | None = Field(
         default=None,
         ge=0,
@@ -41,6 +47,12 @@ class AggregateOp(OperatorModel):
 
     @model_validator(mode="after")
     def _multiples(self) -> AggregateOp:
+        if self.max_gap_ms is not None and self.max_gap_ms > self.window_ms:
+            msg = (
+                f"max_gap_ms {self.max_gap_ms} must be at most window_ms {self.window_ms} "
+                "(a longer gap would span a window without samples)"
+            )
+            raise ValueError(msg)
         for r in self.rollup_ms:
             if r <= self.window_ms or r % self.window_ms:
                 msg = f"rollup_ms {r} must be a multiple of window_ms {self.window_ms}"
@@ -67,6 +79,7 @@ def build(cfg: AggregateOp, b: Build) -> None:
         idle_close=cfg.idle_close,
         reopen_horizon_ms=cfg.reopen_horizon_ms,
         zone=b.site.site.timezone,
+        max_gap_ms=cfg.max_gap_ms,
     )
     late = op.flat_map(
         f"{cfg.id}_late",

@@ -118,9 +118,12 @@ def test_equals_reference_on_disordered_stream(seed):
 def test_late_points_are_returned_not_aggregated():
     agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=1000, idle_close=False)
     agg.add(batch([(P, 0, 1.0), (P, 59_000, 2.0)]), 0)
-    closed, late = agg.add(batch([(P, 61_500, 3.0)]), 0)  # watermark 60_500 closes window 0
+    # The watermark (60.5 s) has passed window 0, but an on-time point could still come
+    # before 61.5 s, the point its tail leads to: it waits until that point is final.
+    closed, late = agg.add(batch([(P, 61_500, 3.0)]), 0)
+    assert closed == []
+    closed, late = agg.add(batch([(P, 30_000, 99.0), (P, 62_500, 4.0)]), 0)
     assert [w.start_ms for w in closed] == [0]
-    closed, late = agg.add(batch([(P, 30_000, 99.0), (P, 62_000, 4.0)]), 0)
     assert late.ts_ms.tolist() == [30_000] and late.value.tolist() == [99.0]
     assert agg.points_late == 1 and agg.points_in == 5
     (row,) = rows_of(agg.flush(), 60_000)
@@ -131,8 +134,12 @@ def test_idle_windows_close_by_wall_time():
     agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5000, idle_close=True)
     assert agg.add(batch([(P, 10_000, 1.0)]), now_wall_ms=1_000_000)[0] == []
     assert agg.next_close_wall_ms() == 1_000_000 + 55_000
-    assert agg.advance(1_000_000 + 54_999) == []
-    (w,) = agg.advance(1_000_000 + 55_000)
+    # Due at 55 s, but the tag may still send the point after 10 s: held until the watermark
+    # passes 10 s + max_gap_ms (60 s), 65 s of wall time after the point.
+    assert agg.advance(1_000_000 + 55_000) == []
+    assert agg.next_close_wall_ms() == 1_000_000 + 65_000
+    assert agg.advance(1_000_000 + 64_999) == []
+    (w,) = agg.advance(1_000_000 + 65_000)
     assert w.start_ms == 0 and w.closed_by == "watermark"
 
 
@@ -212,7 +219,9 @@ def test_slices_do_not_change_the_definition_of_a_window():
 
 def test_reopened_window_equals_a_window_that_got_the_point_in_time():
     # P passes window 0's end + lateness before it closes; T lags and may still reopen it.
-    early = [(P, 1_000 * k, float(k)) for k in range(0, 70)] + [(T, 1_000, 5.0), (T, 30_000, 6.0)]
+    # (P runs on to 96 s: window 0 waits until the watermark passes T's last point by
+    # max_gap_ms, as T might still send the point its tail leads to.)
+    early = [(P, 1_000 * k, float(k)) for k in range(0, 97)] + [(T, 1_000, 5.0), (T, 30_000, 6.0)]
     straggler = [(T, 45_000, 7.0)]
     agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False)
     closed, _ = agg.add(batch(early), 0)
@@ -223,7 +232,8 @@ def test_reopened_window_equals_a_window_that_got_the_point_in_time():
     reopened, late = agg.add(batch(straggler), 0)
     assert len(late) == 0 and [(w.start_ms, w.revision) for w in reopened] == [(0, 1)]
     again = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False)
-    (direct,) = [w for w in again.add(batch(early + straggler), 0)[0] if w.start_ms == 0]
+    both = again.add(batch(early + straggler), 0)[0] + again.flush()
+    (direct,) = [w for w in both if w.start_ms == 0]
     got = {r["path"]: r for r in reopened[0].rows()}
     for r in direct.rows():
         assert {k: v for k, v in got[r["path"]].items() if k not in ("revision", "closed_by")} == {
@@ -253,19 +263,24 @@ def test_snapshot_copy_is_independent_and_shares_buffered_arrays():
 def test_window_closed_by_wall_time_releases_raw_points_once_tags_move_on():
     agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=True)
     agg.add(batch([(P, 1_000 * k, 1.0) for k in range(60)] + [(T, 30_000, 2.0)]), 0)
-    assert [w.start_ms for w in agg.advance(10_000)] == [0]  # idle wall time closes it
+    # Idle wall time closes it, once the watermark has also passed the tags' last points by
+    # max_gap_ms (no point after them is expected any more): 59 s - 5 s + 65 s >= 59 s + 60 s.
+    assert agg.advance(64_999) == []
+    assert [w.start_ms for w in agg.advance(65_000)] == [0]
 
     def held():
         (w0,) = agg._closed.values()
         return {int(g) for sl in w0.slices.values() for part in sl.gid for g in part}
 
     assert held() == {agg._reg.id(P), agg._reg.id(T)}  # neither tag passed 65 s yet
-    agg.add(batch([(P, 66_000, 3.0)]), 10_000)
+    # P's next point came after all, 7 s after its last: window 0 gets P's tail (revision 1).
+    tail, _ = agg.add(batch([(P, 66_000, 3.0)]), 65_000)
+    assert [(w.start_ms, w.revision) for w in tail] == [(0, 1)]
     assert held() == {agg._reg.id(T)}  # P can no longer reopen window 0
-    reopened, late = agg.add(batch([(T, 40_000, 4.0)]), 10_000)
+    reopened, late = agg.add(batch([(T, 40_000, 4.0)]), 65_000)
     assert len(late) == 0
     (row_t,) = [r for r in reopened[0].rows() if r["path"] == T.path]
-    assert row_t["count"] == 2 and row_t["revision"] == 1
+    assert row_t["count"] == 2 and row_t["revision"] == 2
 
 
 def _same_bits(a, b):
@@ -365,3 +380,74 @@ def test_end_of_input_emits_the_rollup_of_a_window_still_open():
         (900_000, 0),
         (900_000, 900_000),
     ]
+
+
+@pytest.mark.parametrize(
+    ("interval_ms", "jitter_ms"),
+    [(1000, 0), (7000, 0), (60_000, 0), (45_000, 9_000), (59_900, 0), (13_000, 6_000)],
+)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_energy_adds_up_across_windows_and_to_the_trapezoid(interval_ms, jitter_ms, seed):
+    """1-minute energies sum to the 15-minute, hourly and daily ones and to numpy's trapezoid
+    over the whole series (the oracle), for any sampling including one sample per window,
+    whatever the batching."""
+    rng = np.random.default_rng(seed)
+    n = int(2 * 86_400_000 / interval_ms)
+    steps = (
+        interval_ms + rng.integers(-jitter_ms, jitter_ms + 1, n)
+        if jitter_ms
+        else np.full(n, interval_ms)
+    )
+    ts = 1_780_272_000_000 + 37_000 + np.cumsum(steps)  # starts mid-window
+    power = np.clip(80 * np.sin(np.arange(n) / n * 4 * np.pi) + rng.normal(0, 5, n), 0, None)
+    ref = TagRef("e/s/pv/a/inv/ac_power", "kW")
+    agg = TumblingAggregator(
+        window_ms=60_000, rollup_ms=(900_000, 3_600_000, 86_400_000), idle_close=False
+    )
+    out = []
+    cuts = np.sort(rng.choice(np.arange(1, n), size=40, replace=False))
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+        b = PointBatch(
+            (ref,),
+            np.zeros(hi - lo, np.int32),
+            ts[lo:hi],
+            power[lo:hi],
+            np.zeros(hi - lo, np.uint8),
+        )
+        out += agg.add(b, 0)[0]
+    out += agg.flush()
+    final = {}
+    for w in out:
+        for r in w.rows():
+            final[(r["window_ms"], r["start_ms"])] = r["energy"]
+    total = {
+        size: sum(e for (wm, _), e in final.items() if wm == size)
+        for size in (60_000, 900_000, 3_600_000, 86_400_000)
+    }
+    trapezoid = float(np.trapezoid(power, ts)) / 3_600_000
+    for size, value in total.items():
+        assert value == pytest.approx(trapezoid, rel=1e-9), size
+
+
+def test_no_interpolation_across_a_gap_longer_than_max_gap():
+    ref = TagRef("e/s/pv/a/inv/ac_power", "kW")
+    agg = TumblingAggregator(
+        window_ms=60_000, rollup_ms=(900_000,), idle_close=False, max_gap_ms=30_000
+    )
+    t0 = 1_780_272_000_000
+    ts = np.array([t0 + 50_000, t0 + 70_000, t0 + 130_000, t0 + 170_000])  # gaps 20 s, 60 s, 40 s
+    b = PointBatch(
+        (ref,), np.zeros(4, np.int32), ts, np.array([10.0, 10.0, 20.0, 20.0]), np.zeros(4, np.uint8)
+    )
+    rows = {
+        (r["window_ms"], r["start_ms"] - t0): r
+        for w in agg.add(b, 0)[0] + agg.flush()
+        for r in w.rows()
+    }
+    # only the 20 s segment (10 kW) is integrated, split 10 s / 10 s at the minute
+    assert rows[(60_000, 0)]["energy"] == pytest.approx(10 * 10 / 3600)
+    assert rows[(60_000, 60_000)]["energy"] == pytest.approx(10 * 10 / 3600)
+    assert rows[(60_000, 120_000)]["energy"] == 0.0
+    assert rows[(900_000, 0)]["energy"] == pytest.approx(20 * 10 / 3600)
+    with pytest.raises(RuleError, match="at most window_ms"):
+        TumblingAggregator(window_ms=60_000, max_gap_ms=120_000)
