@@ -67,11 +67,13 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _stop.is_set():
         log.error("second %s: aborting without flushing", signal.Signals(signum).name)
         os._exit(130 if signum == signal.SIGINT else 143)
+    # Set before logging: a second signal can interrupt this handler while it logs, and must
+    # then find the stop already requested (CI once lost the abort that way).
+    _stop.set()
     log.warning(
         "stop requested (%s): finishing inputs and flushing (send it again to abort)",
         signal.Signals(signum).name,
     )
-    _stop.set()
 
 
 def install_signal_handlers() -> bool:
