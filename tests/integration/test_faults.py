@@ -370,7 +370,9 @@ def test_a_hung_database_changes_neither_latency_nor_results(endpoints, tmp_path
     finally:
         if flow.running():
             flow.kill()
-    # Throughout the hang, Kafka got points and alarms within 1 s of their time.
+    # Throughout the hang, Kafka got points and alarms within seconds of their time. A pipeline
+    # blocked by the database would show the fault's 15 s; the bound leaves room for a loaded
+    # CI machine (1041 ms was seen there with nothing blocked).
     raw = [
         (t, max(json.loads(v)["ts_ms"]))
         for t, v in _messages(bootstrap, raw_topic)
@@ -382,8 +384,8 @@ def test_a_hung_database_changes_neither_latency_nor_results(endpoints, tmp_path
         if frozen_ms <= t <= thawed_ms and e["kind"] == "alarm"
     ]
     assert len(raw) >= 15 and len(alarms) >= 3, (len(raw), len(alarms))
-    assert max(t - ts for t, ts in raw) <= 1000
-    assert max(t - ts for t, ts in alarms) <= 1000
+    assert max(t - ts for t, ts in raw) <= 3000
+    assert max(t - ts for t, ts in alarms) <= 3000
 
     # Results: no point was late, and a replay of the same points gives the same aggregates.
     assert read_jsonl(out / "late.jsonl") == []
