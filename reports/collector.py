@@ -25,8 +25,9 @@ import orjson
 
 __all__ = ["MAX_REASONS", "MAX_SERIES_POINTS", "Collector", "row_hash"]
 
-MAX_SERIES_POINTS = 20_000
-"""Points per plotted series at most: longer histories are plotted from coarser windows."""
+MAX_SERIES_POINTS = 5_000
+"""Points per plotted series at most (more than a screen shows): longer histories are plotted
+from coarser windows, or from windows merged a few at a time."""
 MAX_REASONS = 50
 """Distinct late / dead-letter reasons listed; the rest are counted as ``(other)``."""
 _LISTED_EVENTS = 100_000
@@ -221,18 +222,18 @@ class Collector:
                 continue
             w, n = chosen
             step = max(1, -(-n // MAX_SERIES_POINTS))
+            # Longer series are merged, ``step`` windows at a time: the band keeps the true
+            # extremes, the line the mean of the means.
             rows = self.sql.execute(
-                "SELECT start_ms, mean, min, max FROM aggs WHERE path=? AND window_ms=? "
-                "ORDER BY start_ms",
-                (path, w),
+                "SELECT min(start_ms), avg(mean), min(min), max(max) FROM aggs "
+                "WHERE path=? AND window_ms=? GROUP BY start_ms / ? ORDER BY 1",
+                (path, w, w * step),
             )
             t: list[int] = []
             mean: list[float | None] = []
             lo: list[float | None] = []
             hi: list[float | None] = []
-            for i, (s, m, a, b) in enumerate(rows):
-                if i % step:
-                    continue
+            for s, m, a, b in rows:
                 t.append(int(s))
                 mean.append(m)
                 lo.append(a)

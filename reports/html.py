@@ -20,7 +20,9 @@ th{background:#f3f3f3} .num{text-align:right} h2{margin-top:1.5em}
 
 
 def _times(ms: list[int]) -> Any:
-    return np.asarray(ms, "datetime64[ms]")
+    # Epoch ms as numbers on a date axis: plotly embeds them as a typed array, where datetimes
+    # would become one string each (tens of MB for a long history).
+    return np.asarray(ms, np.float64)
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
@@ -63,7 +65,11 @@ def _add_series(
     )
     for stat, style in lines:
         fig.add_trace(
-            go.Scatter(x=t, y=s[stat], name=f"{who} {stat}", **band, **style), row=row, col=col
+            go.Scatter(
+                x=t, y=np.asarray(s[stat], np.float64), name=f"{who} {stat}", **band, **style
+            ),
+            row=row,
+            col=col,
         )
     for state, symbol, color in (
         ("raised", "triangle-up", "#d62728"),
@@ -122,6 +128,7 @@ def _figure(report: dict[str, Any], before: dict[str, Any] | None) -> str:
             if s is not None:
                 marks = [m for m in run.get("markers", []) if m["path"] == p]
                 _add_series(fig, i, col, s, marks, who)
+    fig.update_xaxes(type="date")
     fig.update_layout(
         height=260 * len(paths) + 80,
         margin={"l": 50, "r": 20, "t": 40, "b": 30},

@@ -97,6 +97,8 @@ def test_csv_to_html_report_in_two_commands(tmp_path: Path) -> None:
     titles = re.findall(r'data-unformatted="([^"]+)"', dom)
     for path in plotted:
         assert "/".join(path.split("/")[2:]) in titles
+    # the time axis shows dates (times are embedded as epoch ms on a date axis)
+    assert any("Jun 1, 2026" in t for t in titles)
     assert len(re.findall(r'class="js-line"', dom)) >= 3 * len(plotted)
     assert len(re.findall(r'class="point"', dom)) >= 2 * len(report["raised"])
 

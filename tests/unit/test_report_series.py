@@ -1,0 +1,33 @@
+"""The backtest report's plotted series stay bounded and keep the extremes of long histories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reports.collector import MAX_SERIES_POINTS, Collector
+
+
+def test_a_long_series_is_merged_into_buckets_that_keep_its_extremes(tmp_path: Path) -> None:
+    c = Collector(tmp_path / "r.sqlite", plot=("site/x/t",))
+    n = 2 * MAX_SERIES_POINTS + 7  # two and a bit windows per plotted point
+    rows = [
+        {
+            "path": "site/x/t",
+            "window_ms": 60_000,
+            "start_ms": i * 60_000,
+            "count": 1,
+            "mean": float(i % 100),
+            "min": -5.0 if i == 4_321 else float(i % 100),
+            "max": 500.0 if i == n - 1 else float(i % 100),
+        }
+        for i in range(n)
+    ]
+    c.add("aggregates", rows)
+    s = c.finish()["series"]["site/x/t"]
+    c.close()
+    assert s["every"] == 3
+    assert len(s["t"]) == -(-n // 3) <= MAX_SERIES_POINTS
+    assert s["t"][:2] == [0, 180_000]
+    # the band holds the single lowest and highest windows, wherever they fall
+    assert min(s["min"]) == -5.0 and max(s["max"]) == 500.0
+    assert s["mean"][0] == 1.0  # mean of the means 0, 1, 2
