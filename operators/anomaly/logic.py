@@ -14,6 +14,11 @@ For each point ``i`` of a tag at time ``t`` the rule looks at the tag's points i
   equal);
 - ``clipping``: the value has stayed at or above ``limit - tolerance`` for at least
   ``lookback_ms`` (an inverter held at its rated power);
+- ``gap``: no sample of the tag for more than ``lookback_ms``. The point that ends the gap
+  gives both events: ``raised`` at the time the gap became one (the last sample before it +
+  ``lookback_ms``) and ``cleared`` at its own time, with ``gap_ms`` in the details. So a gap is
+  reported once it ends, the same in a live run and a replay (a tag that has stopped for good
+  shows as its input's disconnected or stale state, not here);
 - ``outlier``: Hampel filter: ``|v - median| > threshold * 1.4826 * MAD`` over the tag's earlier
   points in ``(t - lookback_ms, t)``, once at least ``min_points`` of them are there (and the
   MAD is not zero).
@@ -50,7 +55,7 @@ from wire.records import Event, PointBatch, TagRef
 
 __all__ = ["AnomalyDetector", "AnomalyRule"]
 
-Kind = Literal["drop", "spike", "deviation", "rate", "flatline", "clipping", "outlier"]
+Kind = Literal["drop", "spike", "deviation", "rate", "flatline", "clipping", "outlier", "gap"]
 _TS_BITS = 42  # epoch ms < 2**42 until 2109; tag ids live above
 _TS_MASK = (1 << _TS_BITS) - 1
 
@@ -299,6 +304,8 @@ class AnomalyDetector(PickleCopy):
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
         ends = np.r_[starts[1:], len(g)] - 1
         newest[g[ends]] = ts[ends]
+        if rule.kind == "gap":
+            return self._gaps(rule, g, ts, val, o.before[fresh] if not fresh.all() else o.before)
         seg = np.cumsum(np.r_[True, g[1:] != g[:-1]]) - 1
         # Window start inside this batch's points of the same tag.
         lo_new = np.maximum(np.searchsorted(key, key - rule.lookback_ms, side="right"), starts[seg])
@@ -378,6 +385,48 @@ class AnomalyDetector(PickleCopy):
                 baseline = old_v
         events = self._transitions(rule, g, ts, val, cond, score, baseline)
         self._update_history(rule, hist, key, val, prefix if rule.kind == "deviation" else None)
+        return events
+
+    def _gaps(
+        self,
+        rule: AnomalyRule,
+        g: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        val: npt.NDArray[np.float64],
+        before: npt.NDArray[np.int64],
+    ) -> list[Event]:
+        """Raise and clear a gap at each point that ends one.
+
+        ``before`` holds the time of the tag's previous point (-1 for its first point).
+        """
+        events: list[Event] = []
+        for k in np.flatnonzero((before >= 0) & (ts - before > rule.lookback_ms)).tolist():
+            ref = self._reg[int(g[k])]
+            t, last = int(ts[k]), int(before[k])
+            details = {
+                "kind": "gap",
+                "lookback_ms": rule.lookback_ms,
+                "last_sample_ms": last,
+                "gap_ms": t - last,
+                "value": float(val[k]),
+                "unit": ref.unit,
+            }
+            for state, at, message in (
+                ("raised", last + rule.lookback_ms, f"no sample for {rule.lookback_ms / 1000:g}s"),
+                ("cleared", t, f"samples again after {(t - last) / 1000:g}s without"),
+            ):
+                events.append(
+                    Event(
+                        kind="anomaly",
+                        rule=rule.id,
+                        path=ref.path,
+                        ts_ms=at,
+                        severity=rule.severity,
+                        state=state,
+                        message=message,
+                        details=details,
+                    )
+                )
         return events
 
     def _carry(self, rule: AnomalyRule) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:

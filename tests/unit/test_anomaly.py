@@ -47,6 +47,8 @@ FLAT_DAY = AnomalyRule(
 CLIP = AnomalyRule("clip", "clipping", "ac_power", lookback_ms=180_000, limit=100, tolerance=1)
 OUT = AnomalyRule("out", "outlier", "ac_power", lookback_ms=600_000, threshold=3)
 RATE_1 = AnomalyRule("rate1", "rate", "soc", lookback_ms=60_000, threshold=0.1)
+GAP = AnomalyRule("gap", "gap", "ac_power", lookback_ms=150_000)
+GAP_DAY = AnomalyRule("gapd", "gap", "ac_power", lookback_ms=150_000, ignore_below=1)
 MIN = 60_000
 
 CASES = [
@@ -156,6 +158,24 @@ CASES = [
     ),
     pytest.param(
         EFF_DROP, series(EFF, [97, 97, 80]), [("eff", "inv1", "raised", 2000)], id="efficiency-drop"
+    ),
+    pytest.param(
+        GAP,
+        [(PV, t * MIN, 5.0) for t in (0, 1, 2, 6, 7, 9, 10)],
+        [("gap", "inv1", "raised", 4.5 * MIN), ("gap", "inv1", "cleared", 6 * MIN)],
+        id="gap-raised-lookback-after-the-last-sample-cleared-by-the-next",
+    ),
+    pytest.param(
+        GAP,
+        [(PV, t * MIN, 5.0) for t in (0, 2.5, 5, 7.5)],
+        [],
+        id="gap-exactly-the-lookback-is-no-gap",
+    ),
+    pytest.param(
+        GAP_DAY,
+        series(PV, [5, 5, 0, 0, 0, 0, 5, 5], step_ms=MIN),
+        [("gapd", "inv1", "raised", 3.5 * MIN), ("gapd", "inv1", "cleared", 6 * MIN)],
+        id="gap-counts-ignored-values-as-missing",
     ),
 ]
 
