@@ -72,7 +72,9 @@ class CsvOptions(_Model):
 class FileInput(InputModel):
     """Recorded history from CSV or Parquet files, read in large columnar chunks (pyarrow).
 
-    ``wide``: a time column plus one column per tag. ``long``: one row per sample with tag,
+    ``wide``: a time column plus one column per tag; with ``machine_column``, one row per
+    machine and time (as SCADA exports are): each value column is a tag of the row's machine.
+    ``long``: one row per sample with tag,
     value and optionally unit and quality columns. A column (or tag) is placed by ``columns``,
     else by its own name when that is ``area/line/machine/tag``, else under ``context``;
     a name ending in `` [unit]`` gives the unit. ``path`` may be a glob; files are read in
@@ -92,6 +94,9 @@ class FileInput(InputModel):
     )
     only_mapped: bool = Field(default=False, description="wide: read only the listed columns")
     skip_columns: tuple[str, ...] = ()
+    machine_column: str | None = Field(
+        default=None, description="wide: the column naming each row's machine"
+    )
     long: LongColumns = LongColumns()
     csv: CsvOptions = CsvOptions()
     batch_points: int = Field(
@@ -107,6 +112,9 @@ class FileInput(InputModel):
     def _layout(self) -> FileInput:
         if self.only_mapped and not self.columns:
             msg = "only_mapped needs a columns mapping"
+            raise ValueError(msg)
+        if self.machine_column is not None and self.layout != "wide":
+            msg = "machine_column is for the wide layout (long: the tag column names the tag)"
             raise ValueError(msg)
         return self
 

@@ -28,7 +28,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
 from connectors.errors import SourceError
-from connectors.files.config import FileInput
+from connectors.files.config import ColumnMap, FileInput
 from wire.errors import RecordError
 from wire.records import DeadLetter, Isa95, PointBatch, Quality, TagRef, TagTable, to_ms
 
@@ -103,6 +103,8 @@ class _Problems:
     no_time_first: int = -1
     no_value: int = 0
     no_value_first: int = -1
+    no_machine: int = 0
+    no_machine_first: int = -1
 
     def letters(self, path: Path, source: str) -> list[DeadLetter]:
         out = []
@@ -116,6 +118,12 @@ class _Problems:
             reason = (
                 f"{path}: {self.no_value} rows without a value "
                 f"(first: data row {self.no_value_first + 1})"
+            )
+            out.append(DeadLetter("file", reason, {"file": str(path)}, source=source))
+        if self.no_machine:
+            reason = (
+                f"{path}: {self.no_machine} rows without a machine "
+                f"(first: data row {self.no_machine_first + 1})"
             )
             out.append(DeadLetter("file", reason, {"file": str(path)}, source=source))
         return out
@@ -149,15 +157,21 @@ class _FileReader:
             missing = [c for c in cfg.columns if c not in names]
             if missing:
                 raise _fail(path, f"mapped columns not in the file: {', '.join(missing)}")
+            machine = cfg.machine_column
+            if machine is not None and machine not in names:
+                raise _fail(path, f"no machine_column {machine!r} (columns: {', '.join(names)})")
             self.values = [
                 c
                 for c in names
-                if c != cfg.time.column
+                if c not in (cfg.time.column, machine)
                 and c not in cfg.skip_columns
                 and (not cfg.only_mapped or c in cfg.columns)
             ]
-            self.wide_idx = np.asarray([table.index(self._ref(c)) for c in self.values], np.int32)
-            self.wanted = [cfg.time.column, *self.values]
+            if machine is None:
+                self.wide_idx = np.asarray(
+                    [table.index(self._ref(c)) for c in self.values], np.int32
+                )
+            self.wanted = [cfg.time.column, *self.values, *([machine] if machine else [])]
         else:
             lc = cfg.long
             need = [lc.tag, lc.value, *(c for c in (lc.unit, lc.quality) if c)]
@@ -183,8 +197,16 @@ class _FileReader:
         except (OSError, pa.ArrowInvalid) as e:
             raise _fail(self.path, f"cannot read as {self.kind}", e) from e
 
-    def _ref(self, name: str, unit: str | None = None) -> TagRef:
+    def _ref(self, name: str, unit: str | None = None, machine: str | None = None) -> TagRef:
         m = self.cfg.columns.get(name)
+        if machine is not None:  # the row's machine (machine_column) places the column
+            m = ColumnMap(
+                area=m.area if m else None,
+                line=m.line if m else None,
+                machine=machine,
+                tag=m.tag if m else None,
+                unit=m.unit if m else None,
+            )
         ctx = self.cfg.context
         bare = _UNIT.fullmatch(name)
         if m is None and bare is not None:  # "power [kW]": the unit in brackets
@@ -219,6 +241,8 @@ class _FileReader:
             types: dict[str, pa.DataType] = {}
             if cfg.layout == "wide":
                 types = dict.fromkeys(self.values, pa.float64())
+                if cfg.machine_column is not None:
+                    types[cfg.machine_column] = pa.string()
             else:
                 types = {cfg.long.value: pa.float64(), cfg.long.tag: pa.string()}
                 if cfg.long.unit:
@@ -275,20 +299,38 @@ class _FileReader:
         ts = _epoch_ms(chunk.column(self.cfg.time.column), self.cfg, self.path)
         keep = self._keep(ts, row0)
         if self.cfg.layout == "wide":
-            return self._wide(chunk, ts, keep)
+            return self._wide(chunk, ts, keep, row0)
         return self._long(chunk, ts, keep, row0)
 
     def _wide(
-        self, chunk: pa.RecordBatch, ts: npt.NDArray[np.float64], keep: npt.NDArray[np.bool_]
+        self,
+        chunk: pa.RecordBatch,
+        ts: npt.NDArray[np.float64],
+        keep: npt.NDArray[np.bool_],
+        row0: int,
     ) -> PointBatch | None:
         if not self.values:
             return None
         matrix = np.column_stack([_floats(chunk.column(c), c, self.path) for c in self.values])
+        if self.cfg.machine_column is not None:
+            codes, machines = _codes(chunk.column(self.cfg.machine_column))
+            lost = keep & (codes < 0)
+            if lost.any():
+                if not self.problems.no_machine:
+                    self.problems.no_machine_first = row0 + int(np.flatnonzero(lost)[0])
+                self.problems.no_machine += int(lost.sum())
+            keep = keep & (codes >= 0)
+            # Tag index of each (machine of this chunk, value column).
+            lut = np.asarray(
+                [[self._machine_tag(m, c) for c in self.values] for m in machines] or [[0]],
+                np.int32,
+            )
         valid = ~np.isnan(matrix) & keep[:, None]
         rows, cols = np.nonzero(valid)  # row-major: time order, then file column order
+        idx = lut[codes[rows], cols] if self.cfg.machine_column is not None else self.wide_idx[cols]
         return PointBatch(
             self.table.tags,
-            self.wide_idx[cols],
+            idx,
             ts[rows].astype(np.int64),
             matrix[rows, cols],
             np.zeros(len(rows), np.uint8),
@@ -344,6 +386,12 @@ class _FileReader:
             quality,
             source=self.source,
         )
+
+    def _machine_tag(self, machine: str, column: str) -> int:
+        i = self._refs.get((machine, column))
+        if i is None:
+            i = self._refs[(machine, column)] = self.table.index(self._ref(column, machine=machine))
+        return i
 
     def _quality(self, raw: str) -> int:
         q = self._qualities.get(raw)

@@ -40,4 +40,25 @@ if [[ ! -f "$interop/node_modules/.package-lock.json" || "$interop/package-lock.
 else
   log "interop npm packages already installed"
 fi
+# Real recordings for the operator checks on real data: the La Haute Borne wind farm SCADA
+# history (4 turbines, 10 min, 2014-2015) that the openoa package ships in its wheel. Only the
+# wheel is downloaded (openoa itself is not installed); the CSV is taken out of it.
+data="$STATE_DIR/data"
+if [[ ! -f "$data/la-haute-borne-data-2014-2015.csv" ]]; then
+  log "fetching the openoa wheel for its real SCADA recording"
+  mkdir -p "$data"
+  python3 -m pip download -q --no-deps --dest "$data" "openoa==3.2"
+  python3 - "$data" <<'PY'
+import io, sys, zipfile
+from pathlib import Path
+data = Path(sys.argv[1])
+wheel = zipfile.ZipFile(next(data.glob("openoa-3.2-*.whl")))
+inner = zipfile.ZipFile(io.BytesIO(wheel.read("examples/data/la_haute_borne.zip")))
+for name in ("la-haute-borne-data-2014-2015.csv", "la-haute-borne_asset_table.csv"):
+    (data / name).write_bytes(inner.read(name))
+PY
+  rm -f "$data"/openoa-3.2-*.whl
+else
+  log "real SCADA recording already in $data"
+fi
 log "install done"

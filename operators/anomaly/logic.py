@@ -12,8 +12,9 @@ For each point ``i`` of a tag at time ``t`` the rule looks at the tag's points i
 - ``flatline``: the value has changed by at most ``tolerance`` between consecutive samples for
   at least ``lookback_ms`` (a frozen sensor or a stuck register; ``tolerance: 0`` = exactly
   equal);
-- ``clipping``: the value has stayed at or above ``limit - tolerance`` for at least
-  ``lookback_ms`` (an inverter held at its rated power);
+- ``clipping``: the value has stayed within ``tolerance`` of ``limit`` for at least
+  ``lookback_ms`` (an inverter held at its rated power, a turbine at a curtailment setpoint;
+  output above the limit is not a plateau at it);
 - ``gap``: no sample of the tag for more than ``lookback_ms``. The point that ends the gap
   gives both events: ``raised`` at the time the gap became one (the last sample before it +
   ``lookback_ms``) and ``cleared`` at its own time, with ``gap_ms`` in the details. So a gap is
@@ -453,7 +454,7 @@ class AnomalyDetector(PickleCopy):
             baseline = np.where(np.isnan(prev), val, prev)
         else:
             assert rule.limit is not None
-            in_run = val >= rule.limit - rule.tolerance
+            in_run = np.abs(val - rule.limit) <= rule.tolerance
             prev_in = np.r_[False, in_run[:-1]]
             prev_in[starts] = carried_run >= 0
             begins = in_run & ~prev_in

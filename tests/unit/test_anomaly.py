@@ -276,6 +276,7 @@ def test_disordered_stream_gives_the_same_events_for_any_batching(rule, seed):
     values = base * (1 + 0.3 * np.sin(np.arange(400) / 17)) + rng.normal(0, base / 50, 400)
     values[[100, 250]] *= 3  # spikes
     values[300:340] = values[300]  # a frozen stretch
+    values[150:170] = 110 + rng.uniform(-1, 1, 20)  # a plateau at a limit
     rows = series(tag, values.round(3).tolist(), step_ms=1000)
     late = rng.random(len(rows)) < 0.1  # one point in ten arrives up to 5 points late
     order = np.argsort(np.arange(len(rows)) + late * rng.integers(1, 6, len(rows)), kind="stable")

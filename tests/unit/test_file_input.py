@@ -282,3 +282,33 @@ def test_bad_files_fail_naming_the_file_and_column(
 def test_no_matching_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"no file matches"):
         read(cfg(tmp_path / "*.csv"))
+
+
+def test_wide_rows_per_machine_with_offsets_in_the_times(tmp_path: Path) -> None:
+    """A SCADA export: one row per turbine and time, ISO times with their UTC offset."""
+    f = write(
+        tmp_path,
+        "scada.csv",
+        "Wind_turbine_name,Date_time,P_avg,Ws_avg\n"
+        "R80736,2014-01-01T01:00:00+01:00,642.5,7.1\n"
+        "R80721,2014-01-01T01:00:00+01:00,441.0,\n"
+        ",2014-01-01T01:10:00+01:00,1.0,2.0\n"
+        "R80736,2014-01-01T01:10:00+01:00,650.0,7.2\n",
+    )
+    c = cfg(
+        f,
+        machine_column="Wind_turbine_name",
+        time={"column": "Date_time"},
+        context={"area": "wind", "line": "farm"},
+        columns={"P_avg": {"tag": "active_power", "unit": "kW"}, "Ws_avg": {"unit": "m/s"}},
+    )
+    points, letters = read(c)
+    t0 = ms(datetime(2014, 1, 1, tzinfo=UTC))
+    assert points == [
+        ("acme/plant/wind/farm/R80736/active_power", "kW", t0, 642.5, 0),
+        ("acme/plant/wind/farm/R80736/Ws_avg", "m/s", t0, 7.1, 0),
+        ("acme/plant/wind/farm/R80721/active_power", "kW", t0, 441.0, 0),
+        ("acme/plant/wind/farm/R80736/active_power", "kW", t0 + 600_000, 650.0, 0),
+        ("acme/plant/wind/farm/R80736/Ws_avg", "m/s", t0 + 600_000, 7.2, 0),
+    ]
+    assert [d.reason for d in letters] == [f"{f}: 1 rows without a machine (first: data row 3)"]
