@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import html
+import pkgutil
 from typing import Any
 
-import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+import orjson
 
 __all__ = ["render"]
 
@@ -17,12 +17,6 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:90%}
 th{background:#f3f3f3} .num{text-align:right} h2{margin-top:1.5em}
 """
-
-
-def _times(ms: list[int]) -> Any:
-    # Epoch ms as numbers on a date axis: plotly embeds them as a typed array, where datetimes
-    # would become one string each (tens of MB for a long history).
-    return np.asarray(ms, np.float64)
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
@@ -46,10 +40,15 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 def _add_series(
-    fig: go.Figure, row: int, col: int, s: dict[str, Any], markers: list[dict[str, Any]], who: str
+    traces: list[dict[str, Any]],
+    axes: tuple[str, str],
+    s: dict[str, Any],
+    markers: list[dict[str, Any]],
+    who: str,
 ) -> None:
-    t = _times(s["t"])
-    band = {"mode": "lines", "showlegend": False}
+    # Times are epoch ms on a date axis: numbers, not one string per point.
+    x, y = axes
+    band = {"type": "scatter", "mode": "lines", "showlegend": False, "xaxis": x, "yaxis": y}
     lines = (
         ("max", {"line": {"width": 0}, "hoverinfo": "skip"}),
         (
@@ -64,13 +63,7 @@ def _add_series(
         ("mean", {"line": {"width": 1.2, "color": "#1f77b4"}}),
     )
     for stat, style in lines:
-        fig.add_trace(
-            go.Scatter(
-                x=t, y=np.asarray(s[stat], np.float64), name=f"{who} {stat}", **band, **style
-            ),
-            row=row,
-            col=col,
-        )
+        traces.append({**band, **style, "x": s["t"], "y": s[stat], "name": f"{who} {stat}"})
     for state, symbol, color in (
         ("raised", "triangle-up", "#d62728"),
         ("cleared", "circle-open", "#2ca02c"),
@@ -78,64 +71,118 @@ def _add_series(
         ms = [m for m in markers if m["state"] == state]
         if not ms:
             continue
-        ys = [m["value"] if m["value"] is not None else _near(s, m["ts_ms"]) for m in ms]
-        fig.add_trace(
-            go.Scatter(
-                x=_times([m["ts_ms"] for m in ms]),
-                y=ys,
-                mode="markers",
-                marker={"symbol": symbol, "size": 10, "color": color},
-                text=[f"{m['kind']} {m['rule']}: {m['message']}" for m in ms],
-                hoverinfo="text+x",
-                name=f"{who} {state}",
-                showlegend=False,
-            ),
-            row=row,
-            col=col,
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "xaxis": x,
+                "yaxis": y,
+                "x": [m["ts_ms"] for m in ms],
+                "y": [m["value"] if m["value"] is not None else _near(s, m["ts_ms"]) for m in ms],
+                "marker": {"symbol": symbol, "size": 10, "color": color},
+                "text": [f"{m['kind']} {m['rule']}: {m['message']}" for m in ms],
+                "hoverinfo": "text+x",
+                "name": f"{who} {state}",
+                "showlegend": False,
+            }
         )
 
 
 def _near(s: dict[str, Any], ts_ms: int) -> float | None:
-    if not s["t"]:
+    t: list[int] = s["t"]
+    if not t:
         return None
-    i = int(np.clip(np.searchsorted(np.asarray(s["t"]), ts_ms), 0, len(s["t"]) - 1))
+    i = min(bisect.bisect_left(t, ts_ms), len(t) - 1)
     v = s["mean"][i]
     return None if v is None else float(v)
 
 
+def _plotly_js() -> str:
+    # The plotly.js bundle of the plotly package, read as a file: importing plotly's Python
+    # side for it costs more memory than the whole report.
+    data = pkgutil.get_data("plotly", "package_data/plotly.min.js")
+    assert data is not None
+    return data.decode()
+
+
 def _figure(report: dict[str, Any], before: dict[str, Any] | None) -> str:
+    """Return the plots as a plotly.js figure.
+
+    Its JSON is built here: plotly's Python figure objects hold several copies of every series
+    while validating them (tens of MB at the end of a long backtest).
+    """
     paths = list(report["series"])
     if before is not None:
         paths += [p for p in before.get("series", {}) if p not in paths]
     if not paths:
         return "<p><i>no aggregates to plot</i></p>"
     cols = 1 if before is None else 2
-    titles = []
-    for p in paths:
+    rows = len(paths)
+    gap = min(0.08, 0.3 / rows)
+    height = (1 - gap * (rows - 1)) / rows
+    layout: dict[str, Any] = {
+        "height": 260 * rows + 80,
+        "margin": {"l": 50, "r": 20, "t": 40, "b": 30},
+        "hovermode": "closest",
+        "plot_bgcolor": "white",
+        "annotations": [],
+    }
+    traces: list[dict[str, Any]] = []
+    width = (1 - 0.05 * (cols - 1)) / cols
+    for i, p in enumerate(paths):
+        top = 1 - i * (height + gap)
         short = "/".join(p.split("/")[2:])
-        titles += [f"before: {short}", f"now: {short}"] if cols == 2 else [short]
-    fig = make_subplots(
-        rows=len(paths),
-        cols=cols,
-        shared_xaxes=True,
-        subplot_titles=titles,
-        vertical_spacing=min(0.08, 0.3 / len(paths)),
-    )
-    for i, p in enumerate(paths, start=1):
         runs = [(report, "now", cols)] + ([(before, "before", 1)] if before is not None else [])
         for run, who, col in runs:
-            s = run.get("series", {}).get(p)
+            n = i * cols + col
+            x, y = ("x", "y") if n == 1 else (f"x{n}", f"y{n}")
+            left = (col - 1) * (width + 0.05)
+            grid = {"gridcolor": "#eee", "zeroline": False}
+            layout[f"xaxis{'' if n == 1 else n}"] = {
+                **grid,
+                "type": "date",
+                "domain": [left, left + width],
+                "anchor": y,
+                **({} if n == 1 else {"matches": "x"}),
+                "showticklabels": i == rows - 1,
+            }
+            layout[f"yaxis{'' if n == 1 else n}"] = {
+                **grid,
+                "domain": [top - height, top],
+                "anchor": x,
+            }
+            title = short if cols == 1 else f"{who}: {short}"
+            layout["annotations"].append(
+                {
+                    "text": title,
+                    "showarrow": False,
+                    "xref": "paper",
+                    "yref": "paper",
+                    "x": left + width / 2,
+                    "y": top,
+                    "xanchor": "center",
+                    "yanchor": "bottom",
+                    "font": {"size": 14},
+                }
+            )
+            s = run.get("series", {}).get(p) if run is not None else None
             if s is not None:
                 marks = [m for m in run.get("markers", []) if m["path"] == p]
-                _add_series(fig, i, col, s, marks, who)
-    fig.update_xaxes(type="date")
-    fig.update_layout(
-        height=260 * len(paths) + 80,
-        margin={"l": 50, "r": 20, "t": 40, "b": 30},
-        hovermode="closest",
-        template="plotly_white",
+                _add_series(traces, (x, y), s, marks, who)
+    # Inside <script>: no "<", ">" or "&" of a tag name may end the script or open a tag.
+    figure = (
+        orjson.dumps({"data": traces, "layout": layout})
+        .decode()
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
     )
-    return str(fig.to_html(include_plotlyjs=True, full_html=False, div_id="edgeflow-plots"))
+    return (
+        f"<script>{_plotly_js()}</script>"
+        '<div id="edgeflow-plots"></div>'
+        f"<script>(function(){{var f={figure};"
+        "Plotly.newPlot('edgeflow-plots',f.data,f.layout,{responsive:true});})();</script>"
+    )
 
 
 def render(report: dict[str, Any], before: dict[str, Any] | None = None) -> str:

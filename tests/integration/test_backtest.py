@@ -132,7 +132,7 @@ def test_compare_shows_what_a_new_threshold_changes(history: Path, tmp_path: Pat
     assert before["raised"] and cmp["events"]["alarm:inverter-over-temperature:raised"]
     page = (tmp_path / "after" / "report.html").read_text()
     assert "What changed against" in page
-    assert "before: pv\\u002farray-1\\u002finv-01\\u002ftemperature" in page  # as plotly escapes
+    assert "before: pv/array-1/inv-01/temperature" in page
 
 
 def test_a_range_the_history_does_not_hold_is_refused(history: Path, tmp_path: Path) -> None:

@@ -31,3 +31,28 @@ def test_a_long_series_is_merged_into_buckets_that_keep_its_extremes(tmp_path: P
     # the band holds the single lowest and highest windows, wherever they fall
     assert min(s["min"]) == -5.0 and max(s["max"]) == 500.0
     assert s["mean"][0] == 1.0  # mean of the means 0, 1, 2
+
+
+def test_tag_names_cannot_break_out_of_the_report_script() -> None:
+    from reports.html import render
+
+    evil = "acme/site/a/b/</script><img src=x onerror=alert(1)>"
+    report = {
+        "site": "acme/site",
+        "from": "2026-01-01T00:00:00Z",
+        "to": "2026-01-02T00:00:00Z",
+        "points_read": 1,
+        "late": 0,
+        "dead_letters": 0,
+        "series": {evil: {"t": [0], "mean": [1.0], "min": [1.0], "max": [1.0]}},
+        "markers": [],
+        "events": {},
+        "kpis": {},
+        "energy": {},
+        "late_reasons": {},
+        "dead_letter_reasons": {},
+        "digests": {},
+    }
+    page = render(report)
+    assert "<img" not in page and page.count("</script>") == 2  # plotly.js and the figure
+    assert "\\u003c/script\\u003e\\u003cimg src=x onerror=alert(1)\\u003e" in page
