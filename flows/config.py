@@ -76,7 +76,8 @@ class _Model(BaseModel):
 class SiteIdentity(_Model):
     """Who the site is: the first two ISA-95 levels of every tag it produces, and its zone.
 
-    ``timezone`` (an IANA name) aligns windows that are whole days to local midnight.
+    ``timezone`` (an IANA name) aligns windows that are whole days to local midnight;
+    ``latitude`` / ``longitude`` place it for rules gated on the sun.
     ``shard`` is the ISA-95 level whose prefix keys operator state and watermarks: ``site``
     (default), or ``area``/``line``/``machine`` to spread one big site over workers.
     """
@@ -85,6 +86,8 @@ class SiteIdentity(_Model):
     site: str = Field(min_length=1, pattern=r"^[^/\s]+$")
     timezone: TimeZone = "UTC"
     shard: Literal["site", "area", "line", "machine"] = "site"
+    latitude: float | None = Field(default=None, ge=-90, le=90, description="degrees north")
+    longitude: float | None = Field(default=None, ge=-180, le=180, description="degrees east")
 
     @property
     def zone(self) -> ZoneInfo:

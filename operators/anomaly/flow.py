@@ -15,8 +15,17 @@ __all__ = ["anomalies"]
 
 @operator
 def anomalies(
-    step_id: str, up: KeyedStream[PointBatch], rules: tuple[AnomalyRule, ...]
+    step_id: str,
+    up: KeyedStream[PointBatch],
+    rules: tuple[AnomalyRule, ...],
+    *,
+    location: tuple[float, float] | None = None,
 ) -> Stream[Event]:
-    """Anomaly-window rules per tag; emits raised/cleared events."""
-    AnomalyDetector(rules)  # validate now, not on the first item
-    return op.key_rm("unkey", engine_flat_map("eval", up, lambda: AnomalyDetector(rules)))
+    """Anomaly-window rules per tag; emits raised/cleared events.
+
+    ``location`` (latitude, longitude) is the site's place, for rules gated on the sun.
+    """
+    AnomalyDetector(rules, location=location)  # validate now, not on the first item
+    return op.key_rm(
+        "unkey", engine_flat_map("eval", up, lambda: AnomalyDetector(rules, location=location))
+    )

@@ -24,7 +24,10 @@ For each point ``i`` of a tag at time ``t`` the rule looks at the tag's points i
   points in ``(t - lookback_ms, t)``, once at least ``min_points`` of them are there (and the
   MAD is not zero).
 
-Points below ``ignore_below`` take no part (e.g. inverter efficiency reported 0 at night).
+Points below ``ignore_below`` take no part (e.g. inverter efficiency reported 0 at night), nor
+do points taken while the sun is lower than ``sun_above_deg`` degrees at the site
+(``site.latitude`` / ``site.longitude``; e.g. 5: judge PV tags in daylight only). Both depend
+on the point alone, so gating never depends on batching.
 A rule raises one event when its condition turns true for a tag and one ``cleared`` event
 when it turns false again: no event storms.
 
@@ -51,6 +54,7 @@ import numpy.typing as npt
 from pydantic import ConfigDict
 
 from operators._state import PickleCopy, TableCache, TagRegistry, tag_matches, tag_order
+from operators.anomaly.sun import sun_elevation_deg
 from operators.errors import RuleError
 from wire.records import Event, PointBatch, TagRef
 
@@ -81,6 +85,7 @@ class AnomalyRule:
     tolerance: float = 0.0
     limit: float | None = None
     min_points: int = 5
+    sun_above_deg: float | None = None
 
     def __post_init__(self) -> None:
         if self.lookback_ms <= 0:
@@ -224,12 +229,22 @@ def _hampel(rule: AnomalyRule, hist: _History, pts: _Fresh) -> Verdict:
 class AnomalyDetector(PickleCopy):
     """Evaluates a set of rules over point batches; keeps each tag's lookback history."""
 
-    def __init__(self, rules: tuple[AnomalyRule, ...]) -> None:
+    def __init__(
+        self, rules: tuple[AnomalyRule, ...], *, location: tuple[float, float] | None = None
+    ) -> None:
         ids = [r.id for r in rules]
         if len(set(ids)) != len(ids):
             msg = f"anomaly rule ids must be unique: {ids}"
             raise RuleError(msg)
+        for i, r in enumerate(rules):
+            if r.sun_above_deg is not None and location is None:
+                msg = (
+                    f"rules.{i}.sun_above_deg: rule {r.id} gates on the sun, which needs the "
+                    "site's place (site.latitude and site.longitude)"
+                )
+                raise RuleError(msg)
         self.rules = rules
+        self.location = location
         self._reg = TagRegistry()
         self._match: dict[str, dict[TagRef, bool]] = {r.id: {} for r in rules}
         self._hist: dict[str, _History] = {r.id: _History() for r in rules}
@@ -283,6 +298,8 @@ class AnomalyDetector(PickleCopy):
             sel &= live
         if rule.ignore_below is not None:
             sel &= batch.value >= rule.ignore_below
+        if rule.sun_above_deg is not None and self.location is not None and sel.any():
+            sel &= sun_elevation_deg(batch.ts_ms, *self.location) >= rule.sun_above_deg
         if not sel.any():
             return []
         # Points are evaluated in arrival order per tag: a point not newer than every point

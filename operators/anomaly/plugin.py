@@ -15,7 +15,10 @@ __all__ = ["AnomalyOp", "build"]
 
 
 class AnomalyOp(OperatorModel):
-    """Anomaly windows over points: drop, spike, deviation, rate, flatline, clipping, outlier."""
+    """Anomaly windows over points (drop, spike, deviation, rate, flatline, clipping, outlier, gap).
+
+    Any rule may be gated on the sun's elevation at the site.
+    """
 
     type: Literal["anomaly"]
     id: str = "anomaly"
@@ -27,4 +30,8 @@ class AnomalyOp(OperatorModel):
 )
 def build(cfg: AnomalyOp, b: Build) -> None:
     """Add raised/cleared anomaly events to ``events``."""
-    b.add("events", anomalies(cfg.id, b.points, cfg.rules))
+    site = b.site.site
+    place = None
+    if site.latitude is not None and site.longitude is not None:
+        place = (site.latitude, site.longitude)
+    b.add("events", anomalies(cfg.id, b.points, cfg.rules, location=place))

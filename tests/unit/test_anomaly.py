@@ -311,3 +311,41 @@ def test_historical_values_are_not_judged_by_live_anomaly_rules():
         extra={"historical": np.array([True, True])},
     )
     assert AnomalyDetector((rule,)).process(hist) == []
+
+
+def test_the_sun_elevation_agrees_with_nrel_spa_from_pvlib():
+    """pvlib's SPA (an independent implementation) over two years, four places."""
+    import numpy as np
+    import pandas as pd
+    import pvlib
+
+    from operators.anomaly.sun import sun_elevation_deg
+
+    t = pd.date_range("2026-01-01", "2028-01-01", freq="37min", tz="UTC")
+    for lat, lon in ((48.45, 5.58), (-33.9, 18.4), (64.1, -21.9), (35.0, -106.6)):
+        spa = pvlib.solarposition.get_solarposition(t, lat, lon, method="nrel_numpy")
+        ours = sun_elevation_deg(t.as_unit("ms").asi8, lat, lon)
+        assert np.abs(ours - (90 - spa["zenith"].to_numpy())).max() < 0.5
+
+
+def test_rules_gated_on_the_sun_judge_daylight_points_only():
+    # St. John's (47.6 N, 52.7 W), 2026-06-01: the sun passes 5 degrees at about 08:18 UTC.
+    t0 = 1_780_300_800_000  # 08:00 UTC
+    rule = AnomalyRule(
+        "flatd", "flatline", "ac_power", lookback_ms=10 * MIN, tolerance=0.0, sun_above_deg=5
+    )
+    rows = [(PV, t0 - T0 + i * MIN, 0.0) for i in range(40)]  # frozen at 0 from 08:00 on
+    det = AnomalyDetector((rule,), location=(47.6, -52.7))
+    events = det.process(batch(rows))
+    # At night nothing is judged; in daylight the frozen value raises after 10 minutes of it.
+    assert [(e.state, (e.ts_ms - t0) // MIN) for e in events] == [("raised", 29)]
+    ungated = AnomalyDetector((AnomalyRule("flat", "flatline", "ac_power", lookback_ms=10 * MIN),))
+    assert [(e.ts_ms - t0) // MIN for e in ungated.process(batch(rows))] == [10]
+
+
+def test_a_rule_gated_on_the_sun_needs_the_site_place():
+    from operators.errors import RuleError
+
+    rule = AnomalyRule("d", "drop", "soc", lookback_ms=MIN, threshold=0.2, sun_above_deg=5)
+    with pytest.raises(RuleError, match=r"rules\.0\.sun_above_deg: .*site\.latitude"):
+        AnomalyDetector((rule,))

@@ -99,6 +99,20 @@ def test_unknown_unit_conversion_needs_a_factor():
         build_flow(parse_site(data))
 
 
+def test_a_rule_gated_on_the_sun_in_a_site_without_its_place_names_the_field():
+    rule = {"id": "d", "kind": "drop", "tags": "soc", "lookback_ms": 60_000, "threshold": 0.2}
+    data = with_(operators=[{"type": "anomaly", "rules": [{**rule, "sun_above_deg": 5}]}])
+    with pytest.raises(ConfigError) as e:
+        build_flow(parse_site(data))
+    assert e.value.field == "operators.0"
+    assert str(e.value).endswith(
+        "rules.0.sun_above_deg: rule d gates on the sun, which needs the site's place "
+        "(site.latitude and site.longitude)"
+    )
+    data["site"] = {**data["site"], "latitude": 47.6, "longitude": -52.7}
+    build_flow(parse_site(data))
+
+
 def test_env_values_are_expanded_after_parsing_and_never_reparsed(tmp_path: Path):
     site = tmp_path / "site.yaml"
     site.write_text(

@@ -243,7 +243,14 @@ def run_case(type_: str, seed: int) -> dict[str, Any]:
     site = parse_site(
         {
             "name": "metamorphic",
-            "site": {"enterprise": "acme", "site": "demo-solar"},
+            "site": {
+                "enterprise": "acme",
+                "site": "demo-solar",
+                # Here the sun passes 5 degrees at 08:08:50 UTC: the anomaly sample's
+                # daylight-gated rule judges only the points after it (and raises at 08:10).
+                "latitude": 47.6,
+                "longitude": -50.4,
+            },
             "inputs": [{"type": "test_schedule", "seed": seed}],
             "operators": chain,
             "sinks": [{"type": "test_capture", "streams": streams}],
