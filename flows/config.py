@@ -95,6 +95,13 @@ class SiteIdentity(_Model):
         return ZoneInfo(self.timezone)
 
     @property
+    def place(self) -> tuple[float, float] | None:
+        """``(latitude, longitude)`` when both are set."""
+        if self.latitude is None or self.longitude is None:
+            return None
+        return self.latitude, self.longitude
+
+    @property
     def shard_levels(self) -> int:
         """How many leading path levels make a shard key."""
         return ("enterprise", "site", "area", "line", "machine").index(self.shard) + 1

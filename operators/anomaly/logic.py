@@ -54,8 +54,8 @@ import numpy.typing as npt
 from pydantic import ConfigDict
 
 from operators._state import PickleCopy, TableCache, TagRegistry, tag_matches, tag_order
-from operators.anomaly.sun import sun_elevation_deg
 from operators.errors import RuleError
+from operators.sun import sun_elevation_deg
 from wire.records import Event, PointBatch, TagRef
 
 __all__ = ["AnomalyDetector", "AnomalyRule"]

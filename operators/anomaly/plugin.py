@@ -30,8 +30,4 @@ class AnomalyOp(OperatorModel):
 )
 def build(cfg: AnomalyOp, b: Build) -> None:
     """Add raised/cleared anomaly events to ``events``."""
-    site = b.site.site
-    place = None
-    if site.latitude is not None and site.longitude is not None:
-        place = (site.latitude, site.longitude)
-    b.add("events", anomalies(cfg.id, b.points, cfg.rules, location=place))
+    b.add("events", anomalies(cfg.id, b.points, cfg.rules, location=b.site.site.place))

@@ -103,6 +103,11 @@ class ValidateOp(OperatorModel):
     stale_ignore_below: float | None = Field(
         default=None, description="values below this are never reported stale"
     )
+    stale_sun_above_deg: float | None = Field(
+        default=None,
+        description="points taken while the sun is lower at the site are never stale "
+        "(needs site.latitude and site.longitude)",
+    )
     coalesce_max_points: int = Field(
         default=50_000,
         ge=0,

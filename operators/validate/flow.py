@@ -31,11 +31,11 @@ class ValidateOut:
     events: Stream[Event]
 
 
-def _validate_mapper(rules: ValidateOp, step_id: str) -> Any:
+def _validate_mapper(rules: ValidateOp, step_id: str, location: tuple[float, float] | None) -> Any:
     def mapper(
         state: Validator | None, batch: PointBatch
     ) -> tuple[Validator, Iterable[tuple[str, Any]]]:
-        v = state if state is not None else Validator(rules, stage=step_id)
+        v = state if state is not None else Validator(rules, stage=step_id, location=location)
         res = v.process(batch)
         out: list[tuple[str, Any]] = []
         if len(res.ok):
@@ -68,10 +68,19 @@ def _validate_mapper(rules: ValidateOp, step_id: str) -> Any:
 
 
 @operator
-def validate(step_id: str, up: KeyedStream[PointBatch], rules: ValidateOp) -> ValidateOut:
-    """Validate batches; rejected points leave as dead letters with the reason."""
-    Validator(rules, stage=step_id)  # fail at build time on bad rules
-    tagged = op.stateful_flat_map("check", up, _validate_mapper(rules, step_id))
+def validate(
+    step_id: str,
+    up: KeyedStream[PointBatch],
+    rules: ValidateOp,
+    *,
+    location: tuple[float, float] | None = None,
+) -> ValidateOut:
+    """Validate batches; rejected points leave as dead letters with the reason.
+
+    ``location`` (latitude, longitude) is the site's place, for stale detection gated on the sun.
+    """
+    Validator(rules, stage=step_id, location=location)  # fail at build time on bad rules
+    tagged = op.stateful_flat_map("check", up, _validate_mapper(rules, step_id, location))
     oks = op.filter_map("oks", tagged, lambda kv: (kv[0], kv[1][1]) if kv[1][0] == "ok" else None)
     return ValidateOut(oks, pick("errs", tagged, "err"), pick("events", tagged, "event"))
 

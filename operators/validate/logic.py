@@ -14,7 +14,8 @@ Then unit conversion (e.g. kW -> MW) rewrites value and unit, and stale detectio
 whose value has not changed for ``stale_after_ms`` as UNCERTAIN (they are still delivered).
 "Not changed" means within ``stale_tolerance`` of the previous value (absolute, or a fraction
 of it with ``stale_relative``); values in ``stale_ignore_values`` or below
-``stale_ignore_below`` are never stale.
+``stale_ignore_below``, and points taken while the sun is lower than ``stale_sun_above_deg`` at
+the site, are never stale.
 Stale is judged per tag in arrival order: an episode is raised at its first stale point and
 cleared at the next change of value, whatever the batching.
 """
@@ -27,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from operators._state import PickleCopy, TableCache, TagRegistry, run_max, tag_matches
+from operators.errors import RuleError
+from operators.sun import sun_elevation_deg
 from operators.validate.config import ValidateOp
 from wire.records import DeadLetter, PointBatch, Quality, TagRef, ms_to_iso
 
@@ -71,7 +74,20 @@ class _TablePlan:
 class Validator(PickleCopy):
     """Stateful (per stream shard) validator; keeps each tag's newest timestamp and value."""
 
-    def __init__(self, rules: ValidateOp, *, stage: str | None = None) -> None:
+    def __init__(
+        self,
+        rules: ValidateOp,
+        *,
+        stage: str | None = None,
+        location: tuple[float, float] | None = None,
+    ) -> None:
+        if rules.stale_sun_above_deg is not None and location is None:
+            msg = (
+                "stale_sun_above_deg gates stale detection on the sun, which needs the site's "
+                "place (site.latitude and site.longitude)"
+            )
+            raise RuleError(msg)
+        self.location = location
         self.rules = rules
         self.stage = stage or rules.id
         self._plans: dict[TagRef, _TagPlan] = {}
@@ -281,6 +297,8 @@ class Validator(PickleCopy):
             stale_sorted &= ~np.isin(v, np.asarray(r.stale_ignore_values, np.float64))
         if r.stale_ignore_below is not None:
             stale_sorted &= ~(v < r.stale_ignore_below)
+        if r.stale_sun_above_deg is not None and self.location is not None:
+            stale_sorted &= sun_elevation_deg(t, *self.location) >= r.stale_sun_above_deg
         quality = ok.quality.copy()
         stale_pts = order[stale_sorted]
         quality[stale_pts] = np.maximum(quality[stale_pts], int(Quality.UNCERTAIN))

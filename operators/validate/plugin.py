@@ -20,7 +20,7 @@ __all__ = ["build"]
 )
 def build(cfg: ValidateOp, b: Build) -> None:
     """Replace ``points`` with the accepted points; rejects go to ``dead_letters``."""
-    out = validate(cfg.id, b.points, cfg)
+    out = validate(cfg.id, b.points, cfg, location=b.site.site.place)
     oks = out.oks
     if cfg.coalesce_max_points:
         oks = coalesce(

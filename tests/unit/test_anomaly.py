@@ -319,7 +319,7 @@ def test_the_sun_elevation_agrees_with_nrel_spa_from_pvlib():
     import pandas as pd
     import pvlib
 
-    from operators.anomaly.sun import sun_elevation_deg
+    from operators.sun import sun_elevation_deg
 
     t = pd.date_range("2026-01-01", "2028-01-01", freq="37min", tz="UTC")
     for lat, lon in ((48.45, 5.58), (-33.9, 18.4), (64.1, -21.9), (35.0, -106.6)):

@@ -287,3 +287,21 @@ def test_stale_tolerance_and_ignored_values(options, values, uncertain, episodes
         (ts, "cleared") for _, ts in r.stale_cleared
     ]
     assert (got, sorted(eps)) == (uncertain, sorted(episodes))
+
+
+def test_stale_gated_on_the_sun_ignores_night_readings():
+    """A PV meter frozen through a night and into the morning: stale only once the sun is up."""
+    from operators.errors import RuleError
+
+    # 47.6 N 50.4 W, 2026-06-01: the sun passes 5 degrees at 08:08:50 UTC.
+    t0 = 1_780_300_800_000  # 08:00 UTC
+    rows = [(P, t0 + i * 60_000, 12.5) for i in range(20)]  # frozen 08:00-08:19
+    opts = {"type": "validate", "max_future_ms": None, "max_past_ms": None}
+    opts |= {"stale_after_ms": 180_000, "stale_tags": "*power"}
+    plain = Validator(ValidateOp(**opts)).process(batch(rows, received_ms=t0))
+    gated = Validator(ValidateOp(**opts, stale_sun_above_deg=5), location=(47.6, -50.4))
+    res = gated.process(batch(rows, received_ms=t0))
+    assert [(ts - t0) // 60_000 for _, ts in plain.newly_stale] == [3]
+    assert [(ts - t0) // 60_000 for _, ts in res.newly_stale] == [9]  # first daylight minute
+    with pytest.raises(RuleError, match=r"stale_sun_above_deg .*site\.latitude"):
+        Validator(ValidateOp(**opts, stale_sun_above_deg=5))
