@@ -39,7 +39,8 @@ def test_rules_find_the_anomalies_injected_into_real_data(recording: None) -> No
         assert d[rule]["recall"] == 1.0, (rule, d[rule])
     assert d["clipping"]["precision"] == 1.0
     assert d["flatline"]["precision"] >= 0.9
-    # The data's own gaps and frozen wind speeds are found too, and nothing else.
+    # The data's own gaps (16) and frozen wind speeds (24) are found too, and nothing else.
+    assert (d["gap_all"]["episodes"], d["stale_all"]["episodes"]) == (10 + 16, 10 + 24)
     assert d["gap_all"] == {**d["gap_all"], "precision": 1.0, "recall": 1.0}
     assert d["stale_all"] == {**d["stale_all"], "precision": 1.0, "recall": 1.0}
     # A backward-looking Hampel filter on gusty 10-minute wind: most spikes, many gust fronts.
