@@ -100,6 +100,17 @@ def _segments(keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray
     return starts, ends
 
 
+def _runs(keys: I64) -> tuple[npt.NDArray[np.intp], list[tuple[int, int, int]]]:
+    """Stable order of ``keys`` and its runs of equal keys as ``(key, start, end)``.
+
+    One sort, however many runs: each run's points stay in input order.
+    """
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts, ends = _segments(ordered)
+    return order, list(zip(ordered[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
+
+
 def _empty() -> Summary:
     e_i, e_f = np.empty(0, np.int64), np.empty(0, np.float64)
     return Summary(
@@ -322,8 +333,9 @@ def _window_summaries(
     key, g, t, x, win = key[order], gid[order], ts[order], value[order], win[order]
     new = np.r_[True, key[1:] != key[:-1]]
     part = np.cumsum(new) - 1
-    rows = _stats(part * (int(g.max()) + 1) + g, g, t, x, max_gap)
-    row_part = part[_segments(part * (int(g.max()) + 1) + g)[0]]
+    part_tag = part * (int(g.max()) + 1) + g
+    rows = _stats(part_tag, g, t, x, max_gap)
+    row_part = part[_segments(part_tag)[0]]
     return _combine_rows(rows, row_part, win[new][row_part], len(windows), max_gap)
 
 
@@ -531,10 +543,9 @@ class _Win:
         if self.pending:
             key, gid, ts, value = (np.concatenate(c) for c in zip(*self.pending, strict=True))
             self.pending = []
-            order = np.argsort(key, kind="stable")  # arrival order within a slice
-            key, gid, ts, value = key[order], gid[order], ts[order], value[order]
-            cuts = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), len(key)]
-            for k, (lo, hi) in zip(key[cuts[:-1]].tolist(), itertools.pairwise(cuts), strict=True):
+            order, runs = _runs(key)  # arrival order within a slice
+            gid, ts, value = gid[order], ts[order], value[order]
+            for k, lo, hi in runs:
                 sl = self.sliced.get(k)
                 if sl is None:
                     sl = self.sliced[k] = _Slice(max_gap=self.max_gap)
@@ -630,12 +641,7 @@ class _Rollup:
 
 def _match(gid: npt.NDArray[np.int32], edge: Edge | None) -> tuple[npt.NDArray[np.bool_], I64, F64]:
     """For each tag id, whether ``edge`` has it, and its time and value there."""
-    n = len(gid)
-    if edge is None or not len(edge[0]):
-        return np.zeros(n, np.bool_), np.zeros(n, np.int64), np.zeros(n, np.float64)
-    e_gid, e_ts, e_val = edge
-    pos = np.minimum(np.searchsorted(e_gid, gid), len(e_gid) - 1)
-    return e_gid[pos] == gid, e_ts[pos], e_val[pos]
+    return _match_many(gid, np.zeros(len(gid), np.int64), [edge])
 
 
 def _match_many(
@@ -915,17 +921,10 @@ class TumblingAggregator(PickleCopy):
                 # One stable sort, then contiguous runs: linear in the batch whatever the
                 # number of windows it spans (a history file's batch spans thousands); each
                 # window's points are then a view, in arrival order.
-                order = np.argsort(win_k, kind="stable")
-                sorted_k = win_k[order]
+                order, runs = _runs(win_k)
                 gid_k, ts_k, val_k = gid_k[order], ts_k[order], val_k[order]
                 slice_k = slice_k[order]
-                cuts = np.flatnonzero(sorted_k[1:] != sorted_k[:-1]) + 1
-                edges = [0, *cuts.tolist(), len(order)]
-                keys = sorted_k[edges[:-1]].tolist()
-                parts = [
-                    (k, slice(a, b))
-                    for k, (a, b) in zip(keys, itertools.pairwise(edges), strict=True)
-                ]
+                parts = [(k, slice(a, b)) for k, a, b in runs]
             for wstart, sel in parts:
                 if self._closed_through is not None and wstart < self._closed_through:
                     win = self._closed.get(wstart) or self._closed.setdefault(
