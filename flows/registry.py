@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from flows.errors import ConfigError
+from wire.records import TagRef
 
 __all__ = [
     "BUILTINS",
@@ -135,6 +136,15 @@ class InputModel(ComponentModel):
         """Return this input reading ``[start_ms, end_ms)`` of its history (backtests)."""
         msg = f"input {self.id} ({self.type}) cannot replay history"
         raise ConfigError(msg)
+
+    def sampled_tags(self, enterprise: str, site: str) -> dict[TagRef, int]:
+        """Return the tags this input samples at a fixed interval, with that interval in ms.
+
+        Operators check their rules against it when the flow is built; default: none known
+        (inputs that report changes or replay recordings).
+        """
+        del enterprise, site
+        return {}
 
 
 class OperatorModel(ComponentModel):

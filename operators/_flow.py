@@ -10,6 +10,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 
+from operators._state import WindowSequencer
 from wire.records import Event, Kpi, WindowAggregates, shard_of
 
 __all__ = ["WindowScoresOut", "engine_flat_map", "pick", "score_windows", "shard_of_window"]
@@ -52,15 +53,17 @@ def shard_of_window(w: WindowAggregates, levels: int) -> str:
 def score_windows(
     step_id: str, up: Stream[WindowAggregates], factory: Callable[[], Any], *, levels: int = 2
 ) -> WindowScoresOut:
-    """Run a per-shard window processor (KPIs, ONNX scoring) over closed windows.
+    """Run a per-shard window engine (KPIs, ONNX scoring) over closed windows.
 
-    ``factory()`` builds an object whose ``process(window)`` returns ``(kpis, events)``; its
-    state (e.g. cumulative energy) belongs to the window's shard, never to another site.
+    ``factory()`` builds a :class:`~operators._state.WindowEngine`, driven by a
+    :class:`~operators._state.WindowSequencer`: per-window results at once, events and running
+    totals on final windows in window order. Its state (e.g. cumulative energy) belongs to the
+    window's shard, never to another site.
     """
     keyed = op.key_on("shard", up, lambda w: shard_of_window(w, levels))
 
     def mapper(state: Any, w: WindowAggregates) -> tuple[Any, list[tuple[str, Any]]]:
-        engine = state if state is not None else factory()
+        engine = state if state is not None else WindowSequencer(factory())
         kpis, events = engine.process(w)
         return engine, [("kpi", k) for k in kpis] + [("event", e) for e in events]
 

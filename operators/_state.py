@@ -8,15 +8,17 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from wire.records import TagRef, tag_matches
+from wire.records import Event, Kpi, TagRef, WindowAggregates, tag_matches
 
 __all__ = [
     "PickleCopy",
+    "WindowEngine",
+    "WindowSequencer",
     "TableCache",
     "TagOrder",
     "TagRegistry",
@@ -26,6 +28,56 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+Outputs = tuple[list[Kpi], list[Event]]
+
+
+class WindowEngine(Protocol):
+    """What :class:`WindowSequencer` drives: a per-shard processor of closed windows."""
+
+    def window(self, w: WindowAggregates) -> Outputs:
+        """Return the facts of one window alone (its KPI rows), for every emission and revision."""
+        ...
+
+    def settle(self, w: WindowAggregates) -> Outputs:
+        """Return what depends on the windows before it (events, running totals): once, in order."""
+        ...
+
+
+class WindowSequencer:
+    """Feeds an engine's order-dependent part final windows only, in window order.
+
+    The aggregator re-emits a window when a point on time for its tag arrives (a lagging
+    source), so the order and the revisions in which windows come depend on how sources
+    interleave. Per-window results are given at once for every revision (sinks upsert them).
+    Events and running totals are computed when a window is final (it ends at or before the
+    aggregator's ``final_before_ms``), from its last revision, in window order: identical for
+    any interleaving. A window without ``final_before_ms`` (built by hand) is final at once;
+    a revision of a window already settled (its source lagged past the aggregator's
+    ``max_source_lag_ms``) updates its rows but not what was settled.
+    """
+
+    def __init__(self, engine: WindowEngine) -> None:
+        self.engine = engine
+        self._pending: dict[tuple[int, int], WindowAggregates] = {}
+        self._settled: dict[int, int] = {}  # window_ms -> end of the last settled window
+        self._final_before: int | None = None
+
+    def process(self, w: WindowAggregates) -> Outputs:
+        """Return the window's own results and those of every window now final."""
+        kpis, events = self.engine.window(w)
+        end = w.start_ms + w.window_ms if w.end is None else w.end
+        if end > self._settled.get(w.window_ms, -(1 << 62)):
+            self._pending[(end, w.window_ms)] = w
+        fb = end if w.final_before_ms is None else w.final_before_ms
+        if self._final_before is None or fb > self._final_before:
+            self._final_before = fb
+        for key in sorted(k for k in self._pending if k[0] <= self._final_before):
+            done = self._pending.pop(key)
+            self._settled[key[1]] = key[0]
+            k2, e2 = self.engine.settle(done)
+            kpis = kpis + k2
+            events = events + e2
+        return kpis, events
 
 
 class TagRegistry:

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from flows.registry import InputModel
-from simulators.site import Fault
+from simulators.site import EnergySite, Fault, SiteLayout
+from wire.records import TagRef
 
 __all__ = ["SimulatorInput"]
 
@@ -36,6 +37,12 @@ class SimulatorInput(InputModel):
         default=0.0, ge=0, le=1, description="fraction of points delivered late"
     )
     disorder_max_delay_ms: int = Field(default=30_000, gt=0)
+
+    def sampled_tags(self, enterprise: str, site: str) -> dict[TagRef, int]:
+        """Every simulated tag: one sample each ``interval_ms``."""
+        layout = SiteLayout(enterprise=enterprise, site=site, inverters=self.inverters)
+        sim = EnergySite(layout=layout, start_ms=0, interval_ms=self.interval_ms)
+        return dict.fromkeys(sim.tags, self.interval_ms)
 
     @field_validator("start")
     @classmethod

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from wire.errors import RecordError
 
 __all__ = [
+    "FINAL_ALL_MS",
     "ISA95_LEVELS",
     "POINT_FLAGS",
     "POWER_UNITS",
@@ -644,6 +645,9 @@ class Kpi:
 
 
 # Power units whose time integral is energy: unit -> energy unit.
+FINAL_ALL_MS = 1 << 62
+"""``WindowAggregates.final_before_ms`` at end of input: every window is final."""
+
 POWER_UNITS: dict[str, str] = {"W": "Wh", "kW": "kWh", "MW": "MWh", "VA": "VAh", "kVA": "kVAh"}
 _MS_PER_HOUR = 3_600_000.0
 
@@ -686,6 +690,9 @@ class WindowAggregates:
     revision: int = 0
     end: int | None = None  # the end when not start + window_ms (a local day of 23 or 25 h)
     zone: str | None = None  # IANA zone of the site: rows also carry local start and end
+    # Windows of this shard ending at or before this are final (None: no such knowledge, as
+    # from a window built by hand; readers then take each window as final).
+    final_before_ms: int | None = None
 
     def __len__(self) -> int:
         return len(self.tags)

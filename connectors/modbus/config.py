@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.registry import InputModel
 from wire.modbus import RegisterSpec
+from wire.records import Isa95, TagRef
 
 __all__ = ["ModbusDeviceConfig", "ModbusInput"]
 
@@ -50,6 +51,16 @@ class ModbusInput(InputModel):
     queue_size: int = Field(default=1000, gt=0, description="polls waiting for the flow")
     overflow: Literal["block", "drop_oldest", "drop_newest"] = "drop_oldest"
     devices: tuple[ModbusDeviceConfig, ...] = Field(min_length=1)
+
+    def sampled_tags(self, enterprise: str, site: str) -> dict[TagRef, int]:
+        """Every register's tag, polled every ``interval_ms`` of its device."""
+        return {
+            TagRef.of(Isa95(enterprise, site, d.area, d.line, d.machine), r.tag, r.unit): (
+                d.interval_ms
+            )
+            for d in self.devices
+            for r in d.registers
+        }
 
     @field_validator("devices")
     @classmethod

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from connectors.errors import SourceConfigError
 from flows.registry import InputModel
+from wire.records import Isa95, TagRef
 
 __all__ = ["DEFAULT_PATHS", "BrowseRule", "OpcUaInput", "OpcUaNodeConfig", "PathPattern"]
 
@@ -156,6 +157,20 @@ class OpcUaInput(InputModel):
     buffer_size: int = Field(default=200_000, gt=0, description="samples waiting for the flow")
     overflow: Literal["block", "drop_oldest", "drop_newest"] = "drop_oldest"
     max_samples: int | None = Field(default=None, gt=0, description="stop after N (tests)")
+
+    def sampled_tags(self, enterprise: str, site: str) -> dict[TagRef, int]:
+        """In polling mode, the explicitly mapped nodes' tags (read every ``interval_ms``).
+
+        Subscriptions report changes, and browsed tags are known only once connected.
+        """
+        if self.mode != "polling":
+            return {}
+        return {
+            TagRef.of(Isa95(enterprise, site, n.area, n.line, n.machine), n.tag, n.unit): (
+                self.interval_ms
+            )
+            for n in self.nodes
+        }
 
     @field_validator("browse", mode="before")
     @classmethod

@@ -77,6 +77,7 @@ def aggregate(
     reopen_horizon_ms: int | None = None,
     zone: str = "UTC",
     max_gap_ms: int | None = None,
+    max_source_lag_ms: int = 300_000,
 ) -> AggregateOut:
     """Event-time tumbling-window aggregates per tag; see :mod:`operators.aggregate.logic`."""
     params: dict[str, Any] = {
@@ -87,6 +88,7 @@ def aggregate(
         "reopen_horizon_ms": reopen_horizon_ms,
         "zone": zone,
         "max_gap_ms": max_gap_ms,
+        "max_source_lag_ms": max_source_lag_ms,
     }
     TumblingAggregator(**params)  # fail at build time, not on the first item
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -48,7 +48,14 @@ import numpy.typing as npt
 
 from operators._state import PickleCopy, TableCache, TagRegistry, tag_order
 from operators.errors import RuleError
-from wire.records import PointBatch, TagRef, WindowAggregates, ms_to_datetime, to_ms
+from wire.records import (
+    FINAL_ALL_MS,
+    PointBatch,
+    TagRef,
+    WindowAggregates,
+    ms_to_datetime,
+    to_ms,
+)
 
 __all__ = [
     "Summary",
@@ -644,6 +651,28 @@ def _match(gid: npt.NDArray[np.int32], edge: Edge | None) -> tuple[npt.NDArray[n
     return _match_many(gid, np.zeros(len(gid), np.int64), [edge])
 
 
+def _overlay(base: Edge | None, top: Edge | None) -> Edge | None:
+    """``top``'s edge points, plus ``base``'s for tags ``top`` lacks.
+
+    A neighbour window that was forgotten and started afresh holds only its new tags; the
+    edges a window remembers from before keep the other tags' heads and tails.
+    """
+    if base is None or not len(base[0]):
+        return top
+    if top is None or not len(top[0]):
+        return base
+    missing = ~np.isin(base[0], top[0], assume_unique=True)
+    if not missing.any():
+        return top
+    gid = np.concatenate([top[0], base[0][missing]])
+    order = np.argsort(gid, kind="stable")
+    return (
+        gid[order],
+        np.concatenate([top[1], base[1][missing]])[order],
+        np.concatenate([top[2], base[2][missing]])[order],
+    )
+
+
 def _match_many(
     gid: npt.NDArray[np.int32], owner: I64, edges: list[Edge | None]
 ) -> tuple[npt.NDArray[np.bool_], I64, F64]:
@@ -749,11 +778,14 @@ class TumblingAggregator(PickleCopy):
     that is on time for its tag but whose window already closed reopens it: the window is
     re-emitted with ``revision + 1`` (same natural key; sinks upsert). A closed window is kept
     until every tag with points in it has passed its end + lateness (so memory follows the
-    slowest tag, not a fixed horizon); a tag that had no point in a forgotten window and then
-    sends one starts it afresh with its own rows. Final rows therefore depend only on each
-    tag's own order, never on batching or on how sources interleave: a replay ends with the
-    same rows as the live run. ``reopen_horizon_ms`` is accepted and ignored (it used to
-    bound reopening by the watermark, which made results depend on the interleaving).
+    slowest tag) and the shard's newest point is ``max_source_lag_ms`` past that (so a source
+    that lags, or starts late, still finds the window with every other tag's rows); a tag
+    that had no point in a forgotten window and then sends one starts it afresh with its own
+    rows. Final rows therefore depend only on each tag's own order, never on batching or on
+    how sources interleave, as long as no source lags the shard's newest point by more than
+    ``max_source_lag_ms``: a replay ends with the same rows as the live run.
+    ``reopen_horizon_ms`` is accepted and ignored (it used to bound reopening by the
+    watermark, which made results depend on the interleaving).
     """
 
     def __init__(
@@ -767,6 +799,7 @@ class TumblingAggregator(PickleCopy):
         slice_ms: int | None = None,
         zone: str = "UTC",
         max_gap_ms: int | None = None,
+        max_source_lag_ms: int = 300_000,
     ) -> None:
         if window_ms <= 0:
             msg = f"window_ms must be positive, got {window_ms}"
@@ -805,6 +838,10 @@ class TumblingAggregator(PickleCopy):
         if allowed_lateness_ms < 0:
             msg = f"allowed_lateness_ms must be >= 0, got {allowed_lateness_ms}"
             raise RuleError(msg)
+        if max_source_lag_ms < 0:
+            msg = f"max_source_lag_ms must be >= 0, got {max_source_lag_ms}"
+            raise RuleError(msg)
+        self.max_source_lag_ms = max_source_lag_ms
         self.window_ms = window_ms
         self.rollup_ms = tuple(sorted(set(rollup_ms)))
         self.allowed_lateness_ms = allowed_lateness_ms
@@ -953,10 +990,35 @@ class TumblingAggregator(PickleCopy):
                 self._max_event_ms = newest
                 self._wall_at_max_ms = now_wall_ms
         out = self._reemit(dirty, "reopened") if dirty else []
-        return out + self.advance(now_wall_ms), late_batch
+        return self._stamp(out + self._advance(now_wall_ms)), late_batch
 
     def advance(self, now_wall_ms: int) -> list[WindowAggregates]:
         """Close every window the watermark has passed; forget windows past the horizon."""
+        return self._stamp(self._advance(now_wall_ms))
+
+    def final_before_ms(self) -> int | None:
+        """Windows (base or rollup) ending at or before this time are final.
+
+        They end ``allowed_lateness_ms + max_gap_ms + max_source_lag_ms`` or more before the
+        shard's newest point: only a source lagging by more than ``max_source_lag_ms`` could
+        still change them (it would start them afresh).
+        """
+        if self._max_event_ms is None:
+            return None
+        return (
+            self._max_event_ms - self.allowed_lateness_ms - self.max_gap_ms - self.max_source_lag_ms
+        )
+
+    def _stamp(self, out: list[WindowAggregates], *, final: bool = False) -> list[WindowAggregates]:
+        """Tell the windows' readers how far windows are final (see :meth:`final_before_ms`)."""
+        if not out:
+            return out
+        fb = FINAL_ALL_MS if final else self.final_before_ms()
+        if fb is None:
+            fb = -FINAL_ALL_MS
+        return [replace(w, final_before_ms=fb) for w in out]
+
+    def _advance(self, now_wall_ms: int) -> list[WindowAggregates]:
         wm = self.watermark_ms(now_wall_ms)
         if wm is None:
             return []
@@ -983,10 +1045,10 @@ class TumblingAggregator(PickleCopy):
             if len(win.held) and (self._tag_max[win.held] >= passed).any():
                 win.release(self._tag_max < passed)
         # A closed window (or emitted rollup) is forgotten once every tag with points in it has
-        # passed its end + lateness: none of them can send it an on-time point any more. This
-        # depends only on each tag's own order, never on how sources interleave. A tag that
-        # had no point in a forgotten window and later sends one starts it afresh (its rows
-        # are its own).
+        # passed its end + lateness (none of them can send it an on-time point any more) and
+        # the shard's newest point is max_source_lag_ms past that (a source that lags or
+        # starts late still finds the other tags' rows). A tag that had no point in a
+        # forgotten window and later sends one starts it afresh (its rows are its own).
         for start in [
             s
             for s, w in self._closed.items()
@@ -1002,7 +1064,10 @@ class TumblingAggregator(PickleCopy):
         return out
 
     def _all_passed(self, gids: npt.NDArray[np.int32], end_ms: int) -> bool:
-        return bool((self._tag_max[gids] >= end_ms + self.allowed_lateness_ms).all())
+        passed = end_ms + self.allowed_lateness_ms
+        if self._max_event_ms is None or self._max_event_ms < passed + self.max_source_lag_ms:
+            return False
+        return bool((self._tag_max[gids] >= passed).all())
 
     def flush(self) -> list[WindowAggregates]:
         """Close all windows (end of input)."""
@@ -1016,7 +1081,7 @@ class TumblingAggregator(PickleCopy):
             for s in self._open
             for r in self.rollup_ms
         ]
-        return self._close_through(max(ends), closed_by="eof")
+        return self._stamp(self._close_through(max(ends), closed_by="eof"), final=True)
 
     def _emit(
         self, summary: Summary, window_ms: int, start: int, closed_by: str, revision: int
@@ -1147,8 +1212,8 @@ class TumblingAggregator(PickleCopy):
                 p = sums[i - 1]
                 prev: Edge | None = (p.gid, p.last_ts, p.last)
             else:
-                prev = self._neighbour(start - w, after=False) or win.prev
-            nxt = self._next_edge(starts, sums, i)
+                prev = _overlay(win.prev, self._neighbour(start - w, after=False))
+            nxt = _overlay(win.nxt, self._next_edge(starts, sums, i))
             win.prev = prev
             # No window after it yet: any point there later gives a tail, so it must show.
             win.nxt = nxt if nxt is not None else (_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL)

@@ -34,6 +34,12 @@ class AggregateOp(OperatorModel):
         description="energy and time-weighted means interpolate between points at most this "
         "far apart (default and at most window_ms)",
     )
+    max_source_lag_ms: int = Field(
+        default=300_000,
+        ge=0,
+        description="closed windows are kept until the shard's newest point is this far past "
+        "them, so a source lagging (or starting) up to this much behind gives the same rows",
+    )
     reopen_horizon_ms: int | None = Field(
         default=None,
         ge=0,
@@ -80,6 +86,7 @@ def build(cfg: AggregateOp, b: Build) -> None:
         reopen_horizon_ms=cfg.reopen_horizon_ms,
         zone=b.site.site.timezone,
         max_gap_ms=cfg.max_gap_ms,
+        max_source_lag_ms=cfg.max_source_lag_ms,
     )
     late = op.flat_map(
         f"{cfg.id}_late",

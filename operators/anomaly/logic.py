@@ -28,6 +28,15 @@ Points below ``ignore_below`` take no part (e.g. inverter efficiency reported 0 
 do points taken while the sun is lower than ``sun_above_deg`` degrees at the site
 (``site.latitude`` / ``site.longitude``; e.g. 5: judge PV tags in daylight only). Both depend
 on the point alone, so gating never depends on batching.
+
+``when`` gates a rule on another tag of the same shard (:class:`Gate`; e.g. judge PV power
+only while irradiance is above 50 W/m2): a point at ``t`` is judged only when the gate tag's
+latest sample at or before ``t``, at most ``max_age_ms`` old, lies in the range (any one of
+the gate tags, when the pattern names several). A point waits until every gate tag has sent
+a sample at or after ``t``, or until its own tag is ``max_skew_ms`` further on (a gate that is
+silent or lags). The gate's samples are kept ``max_lead_ms`` (1 h) back. So results are the
+same for any batching and any interleaving of sources in which the gate's source is at most
+``max_skew_ms`` behind the rule's and at most ``max_lead_ms`` ahead.
 A rule raises one event when its condition turns true for a tag and one ``cleared`` event
 when it turns false again: no event storms.
 
@@ -58,11 +67,79 @@ from operators.errors import RuleError
 from operators.sun import sun_elevation_deg
 from wire.records import Event, PointBatch, TagRef
 
-__all__ = ["AnomalyDetector", "AnomalyRule"]
+__all__ = ["AnomalyDetector", "AnomalyRule", "Gate"]
 
 Kind = Literal["drop", "spike", "deviation", "rate", "flatline", "clipping", "outlier", "gap"]
 _TS_BITS = 42  # epoch ms < 2**42 until 2109; tag ids live above
 _TS_MASK = (1 << _TS_BITS) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """``when:`` of a rule: judge its points only while another tag's value is in range.
+
+    Open at ``t`` when the latest sample of a tag matching ``tag`` at or before ``t`` (at
+    most ``max_age_ms`` old) is greater than ``above`` and less than ``below`` (either may be
+    left out). See the module docstring for ``max_skew_ms``.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    tag: str
+    above: float | None = None
+    below: float | None = None
+    max_age_ms: int = 300_000
+    max_skew_ms: int = 60_000
+    max_lead_ms: int = 3_600_000
+
+    def __post_init__(self) -> None:
+        if self.above is None and self.below is None:
+            msg = f"when: give above and/or below (the range of {self.tag} that opens the gate)"
+            raise RuleError(msg)
+        if self.above is not None and self.below is not None and self.above >= self.below:
+            msg = f"when: above ({self.above:g}) must be less than below ({self.below:g})"
+            raise RuleError(msg)
+        if self.max_age_ms <= 0 or self.max_skew_ms < 0 or self.max_lead_ms < 0:
+            msg = "when: max_age_ms must be positive, max_skew_ms and max_lead_ms >= 0"
+            raise RuleError(msg)
+
+    def sampling_problem(self, interval_ms: int) -> str | None:
+        """Why the gate cannot open on a gate tag sampled every ``interval_ms``; None if it can."""
+        if self.max_age_ms < interval_ms:
+            return (
+                f"a gate tag sampled every {interval_ms} ms is older than max_age_ms "
+                f"({self.max_age_ms}) for most of the time, so the gate stays mostly closed; "
+                f"make it at least {interval_ms} ms"
+            )
+        return None
+
+    def opens(self, value: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Return which gate values open the gate (NaN never does)."""
+        ok = ~np.isnan(value)
+        with np.errstate(invalid="ignore"):
+            if self.above is not None:
+                ok &= value > self.above
+            if self.below is not None:
+                ok &= value < self.below
+        return ok
+
+
+@dataclass(slots=True)
+class _GateTrack:
+    """One gate tag's recent samples: times, whether each opens the gate, newest time."""
+
+    ts: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    ok: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+    newest: int = -1
+
+
+@dataclass(slots=True)
+class _Held:
+    """Fresh points of a gated rule waiting for their gate, by tag then time."""
+
+    g: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    ts: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    val: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +163,7 @@ class AnomalyRule:
     limit: float | None = None
     min_points: int = 5
     sun_above_deg: float | None = None
+    when: Gate | None = None
 
     def __post_init__(self) -> None:
         if self.lookback_ms <= 0:
@@ -112,6 +190,37 @@ class AnomalyRule:
         if self.kind in ("drop", "deviation", "rate") and self.threshold <= 0:
             msg = f"anomaly rule {self.id}: threshold must be > 0"
             raise RuleError(msg)
+
+    def sampling_problem(self, interval_ms: int) -> str | None:
+        """Why the rule cannot work on a tag sampled every ``interval_ms``; None if it can.
+
+        A lookback that never holds the samples the rule compares never fires; a ``gap``
+        lookback shorter than the interval fires at every sample.
+        """
+        held = -(-self.lookback_ms // interval_ms)  # samples in (t - lookback_ms, t]
+        every = f"a tag sampled every {interval_ms} ms"
+        # rate's window includes t - lookback_ms: one interval holds two samples there.
+        two = self.lookback_ms >= interval_ms if self.kind == "rate" else held >= 2
+        if self.kind in ("drop", "spike", "rate") and not two:
+            bound = "at least" if self.kind == "rate" else "longer than"
+            return (
+                f"a lookback of {self.lookback_ms} ms never holds two samples of {every}, "
+                f"so rule {self.id} ({self.kind}) can never fire; make it {bound} "
+                f"{interval_ms} ms"
+            )
+        if self.kind == "outlier" and held - 1 < self.min_points:
+            return (
+                f"a lookback of {self.lookback_ms} ms holds {held - 1} earlier samples of "
+                f"{every}, fewer than min_points ({self.min_points}), so rule {self.id} "
+                f"(outlier) can never fire; make it longer than {self.min_points * interval_ms} ms"
+            )
+        if self.kind == "gap" and self.lookback_ms < interval_ms:
+            return (
+                f"{every} is missing for {interval_ms} ms between any two samples, longer "
+                f"than the lookback of {self.lookback_ms} ms, so rule {self.id} (gap) would "
+                f"fire at every sample; make it at least {interval_ms} ms"
+            )
+        return None
 
 
 def _sparse(values: npt.NDArray[np.float64], fn: np.ufunc) -> list[npt.NDArray[np.float64]]:
@@ -267,12 +376,25 @@ class AnomalyDetector(PickleCopy):
         self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
             r.id: TableCache(partial(self._rule_lut, r)) for r in rules
         }
+        # gap: each tag's last judged point (-1: none yet).
+        self._judged: dict[str, npt.NDArray[np.int64]] = {
+            r.id: np.empty(0, np.int64) for r in rules
+        }
+        # when: the gate tags' recent samples and the points waiting for them, per rule.
+        self._gates: dict[str, dict[int, _GateTrack]] = {r.id: {} for r in rules if r.when}
+        self._held: dict[str, _Held] = {r.id: _Held() for r in rules if r.when}
+        self._gate_luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
+            r.id: TableCache(partial(self._gate_lut, r.when)) for r in rules if r.when
+        }
 
     def process(self, batch: PointBatch) -> list[Event]:
         """Evaluate all rules on a batch; return raise/clear events in time order."""
         events: list[Event] = []
         if not len(batch):
             return events
+        for rule in self.rules:
+            if rule.when is not None:
+                self._feed_gate(rule.id, rule.when, batch)
         for rule in self.rules:
             events.extend(self._run(rule, batch))
         events.sort(key=lambda e: (e.ts_ms, e.rule, e.path))
@@ -290,6 +412,74 @@ class AnomalyDetector(PickleCopy):
                 lut[i] = self._reg.id(ref)
         return lut
 
+    def _gate_lut(self, gate: Gate, tags: tuple[TagRef, ...]) -> npt.NDArray[np.int64]:
+        """Tag id of each table entry that is a gate tag, -1 elsewhere."""
+        lut = np.full(len(tags), -1, np.int64)
+        for i, ref in enumerate(tags):
+            if tag_matches(gate.tag, ref):
+                lut[i] = self._reg.id(ref)
+        return lut
+
+    def _feed_gate(self, rule_id: str, gate: Gate, batch: PointBatch) -> None:
+        """Add the batch's samples of the rule's gate tags (in each tag's arrival order)."""
+        gid = self._gate_luts[rule_id].get(batch.tags)[batch.tag_idx]
+        sel = gid >= 0
+        live = batch.live()
+        if live is not None:
+            sel &= live
+        if not sel.any():
+            return
+        g, ts = gid[sel], batch.ts_ms[sel]
+        ok = gate.opens(batch.value[sel])
+        tracks = self._gates[rule_id]
+        for tag in np.unique(g).tolist():
+            mine = g == tag
+            t, o = ts[mine], ok[mine]
+            track = tracks.setdefault(tag, _GateTrack())
+            # A sample not newer than the tag's newest is late: it cannot change the past.
+            fresh = t > np.maximum.accumulate(np.r_[track.newest, t])[:-1]
+            t, o = t[fresh], o[fresh]
+            if not len(t):
+                continue
+            track.newest = int(t[-1])
+            # A gate may run up to max_lead_ms ahead of the rule's tags.
+            floor = track.newest - max(gate.max_lead_ms, gate.max_skew_ms)
+            cut = int(np.searchsorted(track.ts, floor - gate.max_age_ms))
+            track.ts = np.r_[track.ts[cut:], t]
+            track.ok = np.r_[track.ok[cut:], o]
+
+    def _gate(
+        self,
+        rule: AnomalyRule,
+        gate: Gate,
+        g: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        val: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Points (by tag, then time) the gate decides and opens; the undecided wait."""
+        held = self._held[rule.id]
+        if len(held.g):
+            order = np.argsort(np.r_[held.g, g], kind="stable")  # waiting ones come first
+            g = np.r_[held.g, g][order]
+            ts = np.r_[held.ts, ts][order]
+            val = np.r_[held.val, val][order]
+        tracks = self._gates[rule.id].values()
+        gate_known = min((t.newest for t in tracks), default=-1)
+        decided = ts <= self._newest[rule.id][g] - gate.max_skew_ms
+        if tracks:
+            decided |= ts <= gate_known
+        wait = ~decided
+        self._held[rule.id] = _Held(g[wait], ts[wait], val[wait])
+        g, ts, val = g[decided], ts[decided], val[decided]
+        opened = np.zeros(len(g), np.bool_)
+        for t in tracks:
+            if not len(t.ts):
+                continue
+            at = np.searchsorted(t.ts, ts, side="right") - 1
+            safe = np.maximum(at, 0)
+            opened |= (at >= 0) & (t.ts[safe] >= ts - gate.max_age_ms) & t.ok[safe]
+        return g[opened], ts[opened], val[opened]
+
     def _run(self, rule: AnomalyRule, batch: PointBatch) -> list[Event]:
         gid = self._luts[rule.id].get(batch.tags)[batch.tag_idx]
         sel = gid >= 0
@@ -300,7 +490,7 @@ class AnomalyDetector(PickleCopy):
             sel &= batch.value >= rule.ignore_below
         if rule.sun_above_deg is not None and self.location is not None and sel.any():
             sel &= sun_elevation_deg(batch.ts_ms, *self.location) >= rule.sun_above_deg
-        if not sel.any():
+        if not sel.any() and not (rule.id in self._held and len(self._held[rule.id].g)):
             return []
         # Points are evaluated in arrival order per tag: a point not newer than every point
         # of its tag that arrived before it (in earlier batches or earlier in this one) is
@@ -310,20 +500,33 @@ class AnomalyDetector(PickleCopy):
             newest = self._newest[rule.id] = np.r_[
                 newest, np.full(len(self._reg) - len(newest), -1, np.int64)
             ]
-        o = tag_order(gid[sel], batch.ts_ms[sel], newest)
-        g, ts, val = o.gid, o.ts, batch.value[sel][o.order]
-        fresh = ts > o.before
-        if not fresh.all():
-            self.skipped[rule.id] = self.skipped.get(rule.id, 0) + int((~fresh).sum())
-            g, ts, val = g[fresh], ts[fresh], val[fresh]
-            if not len(g):
-                return []
+        g, ts, val = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
+        if sel.any():
+            o = tag_order(gid[sel], batch.ts_ms[sel], newest)
+            fresh = o.ts > o.before
+            if not fresh.all():
+                self.skipped[rule.id] = self.skipped.get(rule.id, 0) + int((~fresh).sum())
+            g, ts, val = o.gid[fresh], o.ts[fresh], batch.value[sel][o.order][fresh]
+        if len(g):
+            ends = np.flatnonzero(np.r_[g[1:] != g[:-1], True])
+            newest[g[ends]] = ts[ends]
+        if rule.when is not None:
+            g, ts, val = self._gate(rule, rule.when, g, ts, val)
+        if not len(g):
+            return []
         key = (g << _TS_BITS) | ts  # sorted: fresh points rise in time within each tag
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
         ends = np.r_[starts[1:], len(g)] - 1
-        newest[g[ends]] = ts[ends]
         if rule.kind == "gap":
-            return self._gaps(rule, g, ts, val, o.before[fresh] if not fresh.all() else o.before)
+            judged = self._judged[rule.id]
+            if len(judged) < len(self._reg):
+                judged = self._judged[rule.id] = np.r_[
+                    judged, np.full(len(self._reg) - len(judged), -1, np.int64)
+                ]
+            before = np.r_[-1, ts[:-1]]
+            before[starts] = judged[g[starts]]
+            judged[g[ends]] = ts[ends]
+            return self._gaps(rule, g, ts, val, before)
         seg = np.cumsum(np.r_[True, g[1:] != g[:-1]]) - 1
         # Window start inside this batch's points of the same tag.
         lo_new = np.maximum(np.searchsorted(key, key - rule.lookback_ms, side="right"), starts[seg])

@@ -207,7 +207,11 @@ def _session(m: ModelSpec) -> Any:
 
 @dataclass
 class OnnxScorer:
-    """Scores assets of each closed window with one or more ONNX models."""
+    """Scores assets of each closed window with one or more ONNX models.
+
+    A :class:`~operators._state.WindowEngine`: ``window`` gives the scores, ``settle`` the
+    threshold events (on final windows, in window order).
+    """
 
     window_ms: int
     assets: str
@@ -215,6 +219,8 @@ class OnnxScorer:
     models: tuple[ModelSpec, ...]
     _sessions: list[_Session] = field(default_factory=list, init=False, repr=False)
     _raised: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+    # Scores of windows not yet settled, by (window_ms, start_ms): settle reuses them.
+    _last: dict[tuple[int, int], Any] = field(default_factory=dict, init=False, repr=False)
     _plans: dict[TagRef, tuple[str | None, tuple[bool, ...]]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -258,6 +264,7 @@ class OnnxScorer:
         self._sessions = []
         self._raised = state["raised"]
         self.calls = state["calls"]
+        self._last = {}
         self.__post_init__()
 
     def score(self, X: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float64]]:
@@ -273,31 +280,52 @@ class OnnxScorer:
             out[s.spec.name] = -arr if s.spec.negate else arr
         return out
 
-    def process(self, w: WindowAggregates) -> tuple[list[Kpi], list[Event]]:
-        """Score the assets of a closed window; events mark threshold crossings."""
+    def _scored(
+        self, w: WindowAggregates
+    ) -> tuple[list[str], list[dict[str, float]], dict[str, npt.NDArray[np.float64]]] | None:
+        """Assets with every feature, their features and their scores (None: no such asset)."""
         if w.window_ms != self.window_ms or not len(w):
-            return [], []
+            return None
         assets, X = assemble_features(w, self.assets, self.features, self._plans)
-        ok_rows: npt.NDArray[np.bool_] = np.asarray(np.isfinite(X).all(axis=1), np.bool_)
-        complete = [bool(v) for v in ok_rows]
-        if not any(complete):
-            return [], []
-        assets = [a for a, ok in zip(assets, complete, strict=True) if ok]
-        X = np.ascontiguousarray(X[np.asarray(complete)])
+        complete = np.asarray(np.isfinite(X).all(axis=1), np.bool_)
+        if not complete.any():
+            return None
+        assets = [a for a, ok in zip(assets, complete.tolist(), strict=True) if ok]
+        X = np.ascontiguousarray(X[complete])
         names = [f.name for f in self.features]
         feats_of = [dict(zip(names, row, strict=True)) for row in X.tolist()]
-        scores = self.score(X)
-        kpis: list[Kpi] = []
+        return assets, feats_of, self.score(X)
+
+    def window(self, w: WindowAggregates) -> tuple[list[Kpi], list[Event]]:
+        """Score the assets of a window (a KPI row per asset and model)."""
+        got = self._scored(w)
+        if got is None:
+            self._last.pop((w.window_ms, w.start_ms), None)
+            return [], []
+        self._last[(w.window_ms, w.start_ms)] = got
+        assets, feats_of, scores = got
+        return [
+            Kpi(a, s.spec.name, w.window_ms, w.start_ms, value, "", {"features": feats})
+            for s in self._sessions
+            for a, feats, value in zip(assets, feats_of, scores[s.spec.name].tolist(), strict=True)
+        ], []
+
+    def settle(self, w: WindowAggregates) -> tuple[list[Kpi], list[Event]]:
+        """Events where a final window's score crosses its model's threshold."""
+        got = self._last.pop((w.window_ms, w.start_ms), None) or self._scored(w)
+        for key in [k for k in self._last if k[1] < w.start_ms]:  # revisions of settled ones
+            del self._last[key]
+        if got is None:
+            return [], []
+        assets, feats_of, scores = got
         events: list[Event] = []
         end = w.start_ms + w.window_ms
         for s in self._sessions:
-            name = s.spec.name
+            name, thr = s.spec.name, s.spec.threshold
+            if thr is None:
+                continue
             raised = self._raised[name]
             for a, feats, value in zip(assets, feats_of, scores[name].tolist(), strict=True):
-                kpis.append(Kpi(a, name, w.window_ms, w.start_ms, value, "", {"features": feats}))
-                thr = s.spec.threshold
-                if thr is None:
-                    continue
                 if value >= thr and a not in raised:
                     raised.add(a)
                     state = "raised"
@@ -323,7 +351,7 @@ class OnnxScorer:
                         },
                     )
                 )
-        return kpis, events
+        return [], events
 
 
 def read_model_metadata(path: Path) -> dict[str, Any]:

@@ -8,11 +8,12 @@ site config the KPIs are per area, line or machine and carry that path):
 - ``renewable_share``: PV energy / load energy, clipped to [0, 1];
 - ``power_factor``: the time-weighted mean of the meter's power-factor tag;
 - ``battery_round_trip_efficiency``: cumulative discharged / charged energy since start (each
-  window's net battery energy counts as charge or discharge by its sign; a re-emitted window
-  replaces its earlier contribution, it never counts twice);
+  window's net battery energy counts as charge or discharge by its sign), given when the
+  window is final, from its last revision: a window counts once whatever its revisions;
 - ``string_imbalance`` per inverter: ``max |I_s - mean| / mean`` over its string currents,
   when the mean current is at least ``min_string_current_a``. Crossing ``imbalance_threshold``
-  raises an event, which clears when the imbalance falls below 80% of the threshold.
+  raises an event, which clears when the imbalance falls below 80% of the threshold; events
+  are decided on final windows in window order (see :class:`operators._state.WindowSequencer`).
 """
 
 from __future__ import annotations
@@ -31,29 +32,30 @@ _MS_PER_HOUR = 3_600_000.0
 
 
 class KpiCalculator:
-    """Turns closed windows into KPIs and imbalance events; keeps cumulative battery energy."""
+    """Turns closed windows into KPIs and imbalance events; keeps cumulative battery energy.
+
+    A :class:`~operators._state.WindowEngine`: ``window`` gives each window's own KPIs,
+    ``settle`` the cumulative efficiency and the imbalance events.
+    """
 
     def __init__(self, config: KpiOp, *, levels: int = 2) -> None:
         self.config = config
         self.levels = levels
         self.charged_kwh = 0.0
         self.discharged_kwh = 0.0
-        # Net battery energy per window start, so a revision replaces what it counted.
-        self._battery_kwh: dict[int, float] = {}
         self._imbalanced: set[str] = set()
 
     def _sum_energy(self, w: WindowAggregates, pattern: str) -> tuple[float, int]:
         idx = [i for i, t in enumerate(w.tags) if tag_matches(pattern, t)]
         return float(w.integral[idx].sum()) / _MS_PER_HOUR if idx else 0.0, len(idx)
 
-    def process(self, w: WindowAggregates) -> tuple[list[Kpi], list[Event]]:
-        """Compute the KPIs of one closed window."""
+    def window(self, w: WindowAggregates) -> tuple[list[Kpi], list[Event]]:
+        """Compute the KPIs of one window that depend on it alone."""
         c = self.config
         if w.window_ms != c.window_ms or not len(w):
             return [], []
         site_path = shard_of(w.tags[0].path, self.levels)
         kpis: list[Kpi] = []
-        events: list[Event] = []
 
         def kpi(name: str, value: float, unit: str = "", path: str = site_path, **d: Any) -> None:
             kpis.append(Kpi(path, name, w.window_ms, w.start_ms, float(value), unit, d))
@@ -72,28 +74,36 @@ class KpiCalculator:
         for i, t in enumerate(w.tags):
             if tag_matches(c.power_factor, t):
                 kpi("power_factor", float(w.twa[i]), "", path=t.path.rsplit("/", 1)[0])
+        for machine, currents, imbalance in self._imbalances(w):
+            kpi("string_imbalance", imbalance, "", path=machine, currents_a=currents)
+        return kpis, []
+
+    def settle(self, w: WindowAggregates) -> tuple[list[Kpi], list[Event]]:
+        """Count a final window's battery energy; raise or clear imbalance events."""
+        c = self.config
+        if w.window_ms != c.window_ms or not len(w):
+            return [], []
+        kpis: list[Kpi] = []
+        events: list[Event] = []
         e_bat, n_bat = self._sum_energy(w, c.battery_power)
         if n_bat:
-            self._count_battery(w, e_bat)
+            if e_bat > 0:
+                self.discharged_kwh += e_bat
+            else:
+                self.charged_kwh -= e_bat
             if self.charged_kwh > 0:
-                kpi(
-                    "battery_round_trip_efficiency",
-                    self.discharged_kwh / self.charged_kwh,
-                    "",
-                    charged_kwh=self.charged_kwh,
-                    discharged_kwh=self.discharged_kwh,
+                kpis.append(
+                    Kpi(
+                        shard_of(w.tags[0].path, self.levels),
+                        "battery_round_trip_efficiency",
+                        w.window_ms,
+                        w.start_ms,
+                        self.discharged_kwh / self.charged_kwh,
+                        "",
+                        {"charged_kwh": self.charged_kwh, "discharged_kwh": self.discharged_kwh},
+                    )
                 )
-        strings: dict[str, list[float]] = {}
-        for i, t in enumerate(w.tags):
-            if tag_matches(c.string_currents, t):
-                strings.setdefault(t.path.rsplit("/", 1)[0], []).append(float(w.mean[i]))
-        for machine, currents in sorted(strings.items()):
-            arr = np.asarray(currents)
-            mean = float(arr.mean())
-            if len(arr) < 2 or mean < c.min_string_current_a:
-                continue
-            imbalance = float(np.abs(arr - mean).max() / mean)
-            kpi("string_imbalance", imbalance, "", path=machine, currents_a=currents)
+        for machine, _currents, imbalance in self._imbalances(w):
             was = machine in self._imbalanced
             if not was and imbalance > c.imbalance_threshold:
                 self._imbalanced.add(machine)
@@ -103,23 +113,21 @@ class KpiCalculator:
                 events.append(self._event(machine, w, imbalance, raised=False))
         return kpis, events
 
-    def _count_battery(self, w: WindowAggregates, e_bat: float) -> None:
-        before = self._battery_kwh.pop(w.start_ms, None)
-        if before is not None:
-            self._add_battery(before, sign=-1.0)
-        self._battery_kwh[w.start_ms] = e_bat
-        self._add_battery(e_bat)
-        # Kept a day: a window is revised only while a tag in it lags, which on a plant is
-        # minutes, rarely hours; a revision later than that would count a second time.
-        horizon = w.start_ms - 86_400_000
-        for start in [s for s in self._battery_kwh if s < horizon]:
-            del self._battery_kwh[start]
-
-    def _add_battery(self, e_bat: float, *, sign: float = 1.0) -> None:
-        if e_bat > 0:
-            self.discharged_kwh += sign * e_bat
-        else:
-            self.charged_kwh -= sign * e_bat
+    def _imbalances(self, w: WindowAggregates) -> list[tuple[str, list[float], float]]:
+        """``(machine, string currents, imbalance)`` of each machine with enough current."""
+        c = self.config
+        strings: dict[str, list[float]] = {}
+        for i, t in enumerate(w.tags):
+            if tag_matches(c.string_currents, t):
+                strings.setdefault(t.path.rsplit("/", 1)[0], []).append(float(w.mean[i]))
+        out = []
+        for machine, currents in sorted(strings.items()):
+            arr = np.asarray(currents)
+            mean = float(arr.mean())
+            if len(arr) < 2 or mean < c.min_string_current_a:
+                continue
+            out.append((machine, currents, float(np.abs(arr - mean).max() / mean)))
+        return out
 
     def _event(self, machine: str, w: WindowAggregates, imbalance: float, *, raised: bool) -> Event:
         c = self.config

@@ -1,6 +1,6 @@
 import pytest
 
-from operators.anomaly.logic import AnomalyDetector, AnomalyRule
+from operators.anomaly.logic import AnomalyDetector, AnomalyRule, Gate
 from operators.errors import RuleError
 from wire.records import PointBatch, TagRef
 
@@ -349,3 +349,158 @@ def test_a_rule_gated_on_the_sun_needs_the_site_place():
     rule = AnomalyRule("d", "drop", "soc", lookback_ms=MIN, threshold=0.2, sun_above_deg=5)
     with pytest.raises(RuleError, match=r"rules\.0\.sun_above_deg: .*site\.latitude"):
         AnomalyDetector((rule,))
+
+
+IRR = TagRef("e/s/weather/met/m1/irradiance", "W/m2")
+FLAT_SUNNY = AnomalyRule(
+    "flat-sunny",
+    "flatline",
+    "ac_power",
+    lookback_ms=5 * MIN,
+    when=Gate(tag="*/irradiance", above=50, max_age_ms=2 * MIN, max_skew_ms=MIN),
+)
+
+
+def _gate_day(pv_value=0.0):
+    """Irradiance each minute (0 until minute 20, then 400); PV power frozen, every 10 s."""
+    irr = [(IRR, m * MIN, 0.0 if m < 20 else 400.0) for m in range(60)]
+    pv = [(PV, k * 10_000, pv_value) for k in range(360)]
+    return irr, pv
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        # Frozen while the irradiance is above 50 from minute 20: raised 5 minutes later.
+        ("gate-open-from-20", [("raised", 25 * MIN)]),
+        # The irradiance stops at minute 30: two minutes on its samples are too old.
+        ("gate-stale-after-32", [("raised", 25 * MIN)]),
+        # No irradiance at all: never judged.
+        ("no-gate-tag", []),
+        # Irradiance never above 50.
+        ("gate-closed", []),
+    ],
+)
+def test_when_gates_a_rule_on_another_tag(case, expected):
+    irr, pv = _gate_day()
+    if case == "gate-stale-after-32":
+        irr = [r for r in irr if r[1] <= 30 * MIN]
+    elif case == "no-gate-tag":
+        irr = []
+    elif case == "gate-closed":
+        irr = [(IRR, t, 40.0) for _, t, _ in irr]
+    det = AnomalyDetector((FLAT_SUNNY,))
+    events = det.process(batch(sorted(irr + pv, key=lambda r: r[1])))
+    assert [(e.state, e.ts_ms - T0) for e in events] == expected
+
+
+def test_when_gate_stale_samples_close_the_gate_and_a_new_run_starts_after():
+    irr, pv = _gate_day()
+    irr = [r for r in irr if r[1] <= 30 * MIN or r[1] >= 45 * MIN]  # a 15-minute hole
+    det = AnomalyDetector((FLAT_SUNNY,))
+    events = det.process(batch(sorted(irr + pv, key=lambda r: r[1])))
+    # Judged 20-32 min (raised at 25); not judged 32-45 (the frozen run goes on, it is
+    # still flat when judged again, so nothing clears).
+    assert [(e.state, e.ts_ms - T0) for e in events] == [("raised", 25 * MIN)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_when_gives_the_same_events_for_any_batching_and_interleaving(seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    irr = [
+        (IRR, m * MIN, float(v)) for m, v in enumerate(rng.choice([0.0, 400.0], 60, p=[0.3, 0.7]))
+    ]
+    pv = [(PV, k * 10_000, float(v)) for k, v in enumerate(np.repeat(rng.normal(50, 5, 9), 40))]
+
+    def run(pieces):
+        det = AnomalyDetector((FLAT_SUNNY,))
+        return [(e.state, e.ts_ms) for p in pieces for e in det.process(batch(p))]
+
+    want = run([sorted(irr + pv, key=lambda r: r[1])])
+    assert want, "the case must raise the rule"
+    # Two sources cut at random and interleaved at random, the gate's source at most 50 s
+    # behind the rule's (max_skew_ms is 60 s) and anywhere ahead within the hour.
+    sizes = rng.integers(1, 40, 200)
+    pieces, i_irr, i_pv, k = [], 0, 0, 0
+    while i_irr < len(irr) or i_pv < len(pv):
+        n = int(sizes[k % len(sizes)])
+        k += 1
+        m = min(n, 5, len(pv) - i_pv)
+        gate_newest = irr[i_irr - 1][1] if i_irr else -MIN
+        behind = i_irr < len(irr) and m and pv[i_pv + m - 1][1] - gate_newest > 50_000
+        if m and not behind and (rng.random() < 0.5 or i_irr >= len(irr)):
+            pieces.append(pv[i_pv : i_pv + m])
+            i_pv += m
+        else:
+            pieces.append(irr[i_irr : i_irr + max(1, n // 10)])
+            i_irr = min(i_irr + max(1, n // 10), len(irr))
+    assert run(pieces) == want
+
+
+@pytest.mark.parametrize(
+    ("gate", "match"),
+    [
+        ({"tag": "*/irradiance"}, "give above and/or below"),
+        ({"tag": "*/irradiance", "above": 100, "below": 50}, "must be less than below"),
+        ({"tag": "*/irradiance", "above": 1, "max_age_ms": 0}, "max_age_ms must be positive"),
+        ({"tag": "*/irradiance", "above": 1, "max_lead_ms": -1}, "max_lead_ms >= 0"),
+    ],
+)
+def test_invalid_gates(gate, match):
+    with pytest.raises(RuleError, match=match):
+        Gate(**gate)
+
+
+def _rule(kind, lookback_ms, **kw):
+    extra = {"drop": {"threshold": 0.2}, "rate": {"threshold": 1}, "outlier": {"threshold": 3}}
+    opts = {"id": kind, "tags": "ac_power", **extra.get(kind, {}), **kw}
+    return AnomalyRule(kind=kind, lookback_ms=lookback_ms, **opts)
+
+
+@pytest.mark.parametrize(
+    ("kind", "lookback_ms", "kw", "problem"),
+    [
+        # The window is (t - lookback, t]: a drop needs more than one interval.
+        ("drop", 1000, {}, "never holds two samples"),
+        ("drop", 1001, {}, None),
+        ("spike", 999, {}, "never holds two samples"),
+        # rate's window is [t - lookback, t]: one interval is enough.
+        ("rate", 999, {}, "never holds two samples"),
+        ("rate", 1000, {}, None),
+        # outlier needs min_points earlier samples in (t - lookback, t).
+        ("outlier", 5000, {}, "holds 4 earlier samples"),
+        ("outlier", 5001, {}, None),
+        ("outlier", 3000, {"min_points": 3}, "holds 2 earlier samples"),
+        ("outlier", 3001, {"min_points": 3}, None),
+        ("gap", 999, {}, "would fire at every sample"),
+        ("gap", 1000, {}, None),
+        # Rules that compare a run's duration or a mean work with any lookback.
+        ("flatline", 1, {}, None),
+        ("clipping", 1, {"limit": 10}, None),
+        ("deviation", 1, {"nominal": 230, "threshold": 0.1}, None),
+    ],
+)
+def test_a_rule_that_cannot_work_at_the_sampling_interval_says_why(kind, lookback_ms, kw, problem):
+    why = _rule(kind, lookback_ms, **kw).sampling_problem(1000)
+    if problem is None:
+        assert why is None
+    else:
+        assert problem in why
+
+
+@pytest.mark.parametrize(("kind", "lookback_ms"), [("drop", 1001), ("rate", 1000)])
+def test_the_shortest_lookback_allowed_fires(kind, lookback_ms):
+    pv = [(PV, k * 1000, v) for k, v in enumerate([100.0, 100.0, 50.0, 50.0, 50.0])]
+    det = AnomalyDetector((_rule(kind, lookback_ms),))
+    assert [(e.state, e.ts_ms - T0) for e in det.process(batch(pv))] == [
+        ("raised", 2000),
+        ("cleared", 3000),
+    ]
+
+
+def test_a_gate_older_than_its_sampling_says_why():
+    gate = Gate(tag="*/irradiance", above=50, max_age_ms=60_000)
+    assert gate.sampling_problem(60_000) is None
+    assert "stays mostly closed" in gate.sampling_problem(60_001)

@@ -242,3 +242,90 @@ def test_an_unparseable_dsn_is_reported_without_its_password(dsn):
         e.value
     )
     assert "s3cret" not in str(e.value) and "pa ss" not in str(e.value)
+
+
+MODBUS = {
+    "type": "modbus",
+    "host": "127.0.0.1",
+    "devices": [
+        {
+            "device_id": 1,
+            "area": "pv",
+            "line": "a1",
+            "machine": "inv1",
+            "interval_ms": 5000,
+            "registers": [{"tag": "ac_power", "address": 0, "unit": "kW"}],
+        }
+    ],
+}
+OPCUA = {
+    "type": "opcua",
+    "url": "opc.tcp://127.0.0.1:4840",
+    "mode": "polling",
+    "interval_ms": 2000,
+    "nodes": [
+        {
+            "node_id": "ns=2;i=2",
+            "area": "pv",
+            "line": "a1",
+            "machine": "inv1",
+            "tag": "ac_power",
+            "unit": "kW",
+        }
+    ],
+}
+RATE = {"id": "ramp", "kind": "rate", "tags": "*/pv/*/ac_power", "threshold": 5}
+
+
+@pytest.mark.parametrize(
+    ("inp", "rule", "message"),
+    [
+        (
+            MODBUS,
+            {**RATE, "lookback_ms": 4000},
+            "rules.0.lookback_ms: a lookback of 4000 ms never holds two samples of a tag "
+            "sampled every 5000 ms, so rule ramp (rate) can never fire; make it at least 5000 "
+            "ms (input modbus: acme/s1/pv/a1/inv1/ac_power)",
+        ),
+        (
+            OPCUA,
+            {**RATE, "kind": "gap", "lookback_ms": 1500},
+            "rules.0.lookback_ms: a tag sampled every 2000 ms is missing for 2000 ms between "
+            "any two samples, longer than the lookback of 1500 ms, so rule ramp (gap) would "
+            "fire at every sample; make it at least 2000 ms "
+            "(input opcua: acme/s1/pv/a1/inv1/ac_power)",
+        ),
+        (
+            {"type": "simulator", "interval_ms": 10_000},
+            {**RATE, "kind": "outlier", "lookback_ms": 30_000, "threshold": 3},
+            "rules.0.lookback_ms: a lookback of 30000 ms holds 2 earlier samples",
+        ),
+        (
+            {"type": "simulator"},
+            {
+                "id": "flat-sunny",
+                "kind": "flatline",
+                "tags": "*/pv/*/ac_power",
+                "lookback_ms": 60_000,
+                "when": {"tag": "*/irradiance", "above": 50, "max_age_ms": 500},
+            },
+            "rules.0.when.max_age_ms: a gate tag sampled every 1000 ms is older than "
+            "max_age_ms (500)",
+        ),
+    ],
+)
+def test_a_rule_that_cannot_work_at_an_inputs_sampling_interval_names_the_field(inp, rule, message):
+    data = with_(inputs=[inp], operators=[{"type": "anomaly", "rules": [rule]}])
+    with pytest.raises(ConfigError) as e:
+        build_flow(parse_site(data))
+    assert e.value.field == "operators.0"
+    assert message in str(e.value)
+    # Long enough, or on an input that reports changes (no fixed interval): it builds.
+    fixed = {**rule, "lookback_ms": 60_000}
+    if "when" in rule:
+        fixed["when"] = {**rule["when"], "max_age_ms": 60_000}
+    build_flow(parse_site(with_(inputs=[inp], operators=[{"type": "anomaly", "rules": [fixed]}])))
+    changes = {**OPCUA, "mode": "subscription"}
+    build_flow(
+        parse_site(with_(inputs=[changes], operators=[{"type": "anomaly", "rules": [rule]}]))
+    )

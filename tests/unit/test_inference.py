@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from operators._state import WindowSequencer
 from operators.aggregate.logic import TumblingAggregator
 from operators.errors import RuleError
 from operators.inference.logic import (
@@ -21,10 +22,14 @@ META = json.loads((MODELS / "inverter_models.json").read_text())
 SITE = "acme/s1"
 
 
-def window(values):
+def window(values, start_ms=0):
     tags = tuple(values)
     b = PointBatch(
-        tags, list(range(len(tags))), [0] * len(tags), [values[t] for t in tags], [0] * len(tags)
+        tags,
+        list(range(len(tags))),
+        [start_ms] * len(tags),
+        [values[t] for t in tags],
+        [0] * len(tags),
     )
     agg = TumblingAggregator(rollup_ms=(), idle_close=False)
     agg.add(b, 0)
@@ -44,14 +49,15 @@ def inverter(n, *, ac=80.0, eff=97.0, temp=50.0, strings=(8.0, 8.0, 8.0, 8.0)):
     return vals
 
 
-def site_window(**inv2):
+def site_window(start_ms=0, **inv2):
     return window(
         {
             TagRef(f"{SITE}/weather/met/met-01/irradiance", "W/m2"): 850.0,
             TagRef(f"{SITE}/weather/met/met-01/ambient_temperature", "C"): 24.0,
             **inverter(1),
             **inverter(2, **inv2),
-        }
+        },
+        start_ms,
     )
 
 
@@ -94,11 +100,16 @@ def test_assemble_features_table():
     assert X[0, 5] == 0.0
 
 
+def sequenced(**overrides):
+    """The scorer as the flow runs it: scores at once, events on final windows in order."""
+    return WindowSequencer(scorer(**overrides))
+
+
 def test_missing_feature_tag_gives_nan_and_no_score():
     w = window({TagRef(f"{SITE}/pv/a1/inv-01/ac_power", "kW"): 1.0})
     _, X = assemble_features(w, "*/pv/*/inv-*", load_feature_specs(META["features"]))
     assert np.isnan(X).any()
-    assert scorer().process(w) == ([], [])
+    assert sequenced().process(w) == ([], [])
 
 
 @pytest.mark.parametrize(
@@ -111,23 +122,23 @@ def test_missing_feature_tag_gives_nan_and_no_score():
     ],
 )
 def test_fault_probability_alerts(inv2, raised):
-    kpis, events = scorer().process(site_window(**inv2))
+    kpis, events = sequenced().process(site_window(**inv2))
     assert {k.name for k in kpis} == {"fault_probability", "anomaly_score"}
     assert len(kpis) == 4  # two assets x two models, batched per window
     assert [e.path.rsplit("/", 1)[1] for e in events if e.state == "raised"] == raised
 
 
 def test_scores_batch_in_one_call_per_model():
-    s = scorer()
+    s = sequenced()
     s.process(site_window())
-    assert s.calls == 2
+    assert s.engine.calls == 2  # and the events reuse the scores
 
 
 def test_alert_clears_once():
-    s = scorer()
+    s = sequenced()
     states = [
         e.state
-        for w in (site_window(temp=95.0), site_window(temp=96.0), site_window())
+        for w in (site_window(0, temp=95.0), site_window(60_000, temp=96.0), site_window(120_000))
         for e in s.process(w)[1]
     ]
     assert states == ["raised", "cleared"]
@@ -155,10 +166,24 @@ def test_feature_minus_must_reference_an_earlier_feature():
 def test_scorer_survives_snapshot_copy():
     import copy
 
-    s = scorer()
+    s = sequenced()
     s.process(site_window(temp=95.0))
     s2 = copy.deepcopy(s)
-    assert [e.state for e in s2.process(site_window())[1]] == ["cleared"]
+    assert [e.state for e in s2.process(site_window(60_000))[1]] == ["cleared"]
+
+
+def test_events_follow_window_order_and_last_revisions_not_arrival():
+    s = sequenced()
+    hot = replace(site_window(60_000, temp=95.0), final_before_ms=0)  # not final yet
+    cool = replace(site_window(0), final_before_ms=0)
+    kpis, events = s.process(hot)
+    assert kpis and not events  # scores at once, events wait for the window to be final
+    assert s.process(cool)[1] == []
+    # The hot window is revised (a lagging source): only its last revision counts.
+    revised = replace(site_window(60_000), revision=1, final_before_ms=120_000)
+    assert s.process(revised)[1] == []
+    final = replace(site_window(120_000, temp=95.0), final_before_ms=180_000)
+    assert [(e.state, e.ts_ms) for e in s.process(final)[1]] == [("raised", 180_000)]
 
 
 def test_shipped_models_are_reproducible(tmp_path):

@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from operators._state import WindowSequencer
 from operators.aggregate.logic import TumblingAggregator
 from operators.kpi.config import KpiOp
 from operators.kpi.logic import KpiCalculator
@@ -38,13 +39,18 @@ def window(values: dict, start_ms=0):
     return w
 
 
+def calculator(config, **kw):
+    """The calculator as the flow runs it: events and running totals on final windows."""
+    return WindowSequencer(KpiCalculator(config, **kw))
+
+
 def by_name(kpis):
     return {(k.name, k.path): k.value for k in kpis}
 
 
 def test_site_kpis():
     w = window({IRR: 800.0, PV1: 70.0, PV2: 70.0, LOAD: 200.0, BESS: 20.0, PF: 0.95})
-    kpis, events = KpiCalculator(KpiOp(type="kpi", rated_kw=200)).process(w)
+    kpis, events = calculator(KpiOp(type="kpi", rated_kw=200)).process(w)
     got = by_name(kpis)
     assert got[("performance_ratio", SITE)] == pytest.approx(140 / (200 * 0.8))
     assert got[("renewable_share", SITE)] == pytest.approx(0.7)
@@ -55,13 +61,11 @@ def test_site_kpis():
 
 def test_no_performance_ratio_in_the_dark():
     w = window({IRR: 10.0, PV1: 0.1})
-    assert "performance_ratio" not in {
-        k.name for k in KpiCalculator(KpiOp(type="kpi")).process(w)[0]
-    }
+    assert "performance_ratio" not in {k.name for k in calculator(KpiOp(type="kpi")).process(w)[0]}
 
 
 def test_round_trip_efficiency_is_cumulative():
-    calc = KpiCalculator(KpiOp(type="kpi"))
+    calc = calculator(KpiOp(type="kpi"))
     calc.process(window({BESS: -60.0}, 0))  # charge 1 kWh
     kpis, _ = calc.process(window({BESS: 54.0}, 60_000))  # discharge 0.9 kWh
     assert by_name(kpis)[("battery_round_trip_efficiency", SITE)] == pytest.approx(0.9, rel=1e-3)
@@ -76,14 +80,14 @@ def test_round_trip_efficiency_is_cumulative():
     ],
 )
 def test_string_imbalance(currents, imbalance, states):
-    kpis, events = KpiCalculator(KpiOp(type="kpi")).process(window(strings("inv-01", currents)))
+    kpis, events = calculator(KpiOp(type="kpi")).process(window(strings("inv-01", currents)))
     got = by_name(kpis).get(("string_imbalance", f"{SITE}/pv/a1/inv-01"))
     assert got == (None if imbalance is None else pytest.approx(imbalance))
     assert [e.state for e in events] == states
 
 
 def test_imbalance_event_clears_with_hysteresis():
-    calc = KpiCalculator(KpiOp(type="kpi", imbalance_threshold=0.2))
+    calc = calculator(KpiOp(type="kpi", imbalance_threshold=0.2))
     seq = [[8, 8, 8, 4], [8, 8, 8, 7], [8, 8, 8, 6.9], [8, 8, 8, 8]]
     states = []
     for k, cur in enumerate(seq):
@@ -96,22 +100,27 @@ def test_imbalance_event_clears_with_hysteresis():
 
 
 def test_other_window_sizes_are_ignored():
-    calc = KpiCalculator(KpiOp(type="kpi", window_ms=900_000))
+    calc = calculator(KpiOp(type="kpi", window_ms=900_000))
     assert calc.process(window({PV1: 1.0})) == ([], [])
 
 
-def test_a_re_emitted_window_replaces_its_battery_energy_instead_of_adding_it():
-    calc = KpiCalculator(KpiOp(type="kpi"))
-    calc.process(window({BESS: -60.0}, 0))  # charge 1 kWh
-    first = window({BESS: 54.0}, 60_000)  # discharge 0.9 kWh
-    calc.process(first)
-    # A late point reopened the window: revision 1 says 0.6 kWh were discharged.
-    revised = dataclasses.replace(window({BESS: 36.0}, 60_000), revision=1)
+def test_a_revised_window_counts_once_with_its_last_revision():
+    calc = calculator(KpiOp(type="kpi"))
+    calc.process(dataclasses.replace(window({BESS: -60.0}, 0), final_before_ms=60_000))  # 1 kWh in
+    # Discharged 0.9 kWh, says the first emission; the window is not final yet.
+    first = dataclasses.replace(window({BESS: 54.0}, 60_000), final_before_ms=60_000)
+    assert calc.process(first) == ([], [])
+    # A late point reopened the window: revision 1 says 0.6 kWh; now it is final.
+    revised = dataclasses.replace(window({BESS: 36.0}, 60_000), revision=1, final_before_ms=120_000)
     (kpi,), _ = calc.process(revised)
     assert (kpi.name, kpi.value) == ("battery_round_trip_efficiency", pytest.approx(0.6, rel=1e-3))
     assert (kpi.details["charged_kwh"], kpi.details["discharged_kwh"]) == pytest.approx(
         (1.0, 0.6), rel=1e-3
     )
+    # A revision after the window was settled (its source lagged past the aggregator's
+    # max_source_lag_ms) is not counted again.
+    again = dataclasses.replace(window({BESS: 30.0}, 60_000), revision=2, final_before_ms=120_000)
+    assert calc.process(again) == ([], [])
 
 
 @pytest.mark.parametrize(
@@ -119,7 +128,7 @@ def test_a_re_emitted_window_replaces_its_battery_energy_instead_of_adding_it():
     [(2, SITE), (3, f"{SITE}/storage"), (4, f"{SITE}/storage/bess")],
 )
 def test_kpis_carry_the_path_of_their_shard(levels, path):
-    calc = KpiCalculator(KpiOp(type="kpi"), levels=levels)
+    calc = calculator(KpiOp(type="kpi"), levels=levels)
     calc.process(window({BESS: -60.0}, 0))
     kpis, _ = calc.process(window({BESS: 54.0}, 60_000))
     assert [(k.name, k.path) for k in kpis] == [("battery_round_trip_efficiency", path)]

@@ -466,3 +466,53 @@ def test_no_interpolation_across_a_gap_longer_than_max_gap():
     assert rows[(900_000, 0)]["energy"] == pytest.approx(20 * 10 / 3600)
     with pytest.raises(RuleError, match="at most window_ms"):
         TumblingAggregator(window_ms=60_000, max_gap_ms=120_000)
+
+
+@pytest.mark.parametrize(
+    ("lag_ms", "paths_reemitted"),
+    [
+        (300_000, ["e/s/a/l/m/power", "e/s/a/l/m/temp"]),  # within the lag: the whole window
+        (60_000, ["e/s/a/l/m/temp"]),  # past it: started afresh with the new tag's rows only
+    ],
+)
+def test_a_source_that_starts_late_finds_its_windows_within_max_source_lag(lag_ms, paths_reemitted):
+    # Source "a" (power) runs 4 minutes ahead before source "b" (temp) sends anything.
+    ahead = batch([(P, 1_000 * k, float(k)) for k in range(0, 240)])
+    ahead = ahead.with_meta(source="a", received_ms=0)
+    behind = batch([(T, 1_000 * k, 20.0 + k / 100) for k in range(0, 240)])
+    behind = behind.with_meta(source="b", received_ms=0)
+    agg = TumblingAggregator(
+        rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False, max_source_lag_ms=lag_ms
+    )
+    first = agg.add(ahead, 0)[0]
+    assert [w.start_ms for w in first] == [0, 60_000, 120_000]
+    reopened, late = agg.add(behind, 0)
+    assert len(late) == 0
+    (w0,) = [w for w in reopened if w.start_ms == 0]
+    assert [t.path for t in w0.tags] == paths_reemitted
+    # Either way each tag's final row is the one a single ordered run gives.
+    final = {}
+    for w in [*first, *reopened, *agg.flush()]:
+        for r in w.rows():
+            final[(r["path"], r["start_ms"])] = r
+    direct = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False)
+    both = PointBatch.concat([ahead, behind]).with_meta(source="a", received_ms=0)
+    want = {
+        (r["path"], r["start_ms"]): r
+        for w in direct.add(both, 0)[0] + direct.flush()
+        for r in w.rows()
+    }
+    strip = ("revision", "closed_by")
+    assert {k: {f: v for f, v in r.items() if f not in strip} for k, r in final.items()} == {
+        k: {f: v for f, v in r.items() if f not in strip} for k, r in want.items()
+    }
+
+
+def test_windows_say_how_far_they_are_final():
+    agg = TumblingAggregator(
+        rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False, max_source_lag_ms=60_000
+    )
+    closed, _ = agg.add(batch([(P, 1_000 * k, 1.0) for k in range(0, 300)]), 0)
+    # newest point 299 s - lateness 5 s - max_gap 60 s - lag 60 s
+    assert {w.final_before_ms for w in closed} == {174_000}
+    assert {w.final_before_ms for w in agg.flush()} == {1 << 62}
