@@ -146,6 +146,10 @@ class SiteBase(_Model):
                 out.update(component(kind, item.type).emits(item))  # type: ignore[arg-type]
         return out
 
+    def revision_horizon_ms(self) -> int:
+        """How long after a row's time some operator of this site may still rewrite it."""
+        return max((o.revision_horizon_ms() for o in getattr(self, "operators", ())), default=0)
+
     def streams_check(self) -> list[tuple[str, str]]:
         """Return ``(field, problem)`` for needs and subscriptions no component emits."""
         problems: list[tuple[str, str]] = []

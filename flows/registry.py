@@ -154,6 +154,13 @@ class OperatorModel(ComponentModel):
         """Return this operator as it must run in a replay (pure event time); default: as is."""
         return self
 
+    def revision_horizon_ms(self) -> int:
+        """Return how long after a row's time this operator may still rewrite it; default 0.
+
+        Sinks that freeze old data (compression) check their settings against it.
+        """
+        return 0
+
 
 class SinkModel(ComponentModel):
     """Base of sink configs; a ``streams`` field, when a sink has one, lists its subscriptions."""

@@ -1,5 +1,8 @@
 """The sink's tables: their definitions, the rows they take, and creating them.
 
+Five data tables keyed on their natural keys, a ``tags`` asset table (path -> ISA-95 levels
+and unit), ``<table>_isa95`` views joining it, and ``(path, time desc)`` indexes.
+
 With the ``timescaledb`` extension available and preloaded (``shared_preload_libraries``) the
 tables are hypertables, with compression and retention policies when configured; otherwise
 (PostgreSQL alone, or the extension installed but not preloaded or not creatable) they are
@@ -16,9 +19,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from connectors.timescale.config import TimescaleSinkConfig
+from connectors.timescale.policies import Current, plan
 from wire.records import ms_to_datetime
 
-__all__ = ["STREAM_TABLE", "TABLES", "ensure_schema", "row_for"]
+__all__ = ["STREAM_TABLE", "TABLES", "TAG_LEVELS", "ensure_schema", "row_for", "tag_row"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,18 @@ TABLES: dict[str, _Table] = {
         ("path", "name", "window_ms", "start_ts"),
         "start_ts",
     ),
+    "text_points": _Table(
+        "text_points",
+        (
+            ("path", "text"),
+            ("ts", "timestamptz"),
+            ("value", "text"),
+            ("unit", "text"),
+            ("quality", "smallint"),
+        ),
+        ("path", "ts"),
+        "ts",
+    ),
 }
 STREAM_TABLE = {
     "raw": "points",
@@ -107,18 +123,35 @@ STREAM_TABLE = {
     "aggregates": "aggregates",
     "events": "events",
     "kpis": "kpis",
+    "texts": "text_points",
 }
+#: The asset table: one row per tag path with its ISA-95 levels (``tags``, joined on path).
+TAG_LEVELS = ("enterprise", "site", "area", "line", "machine", "tag")
+_QUALITY = {"GOOD": 0, "UNCERTAIN": 1, "BAD": 2}
+
+
+def tag_row(path: str, unit: str | None) -> tuple[str | None, ...]:
+    """Return the ``tags`` row of a path: its levels (None where the path is shorter) and unit.
+
+    A point's path has all six levels; a site or asset KPI's path stops at its shard.
+    """
+    parts: list[str | None] = list(path.split("/"))
+    if len(parts) != len(TAG_LEVELS):
+        shard = parts[: len(TAG_LEVELS) - 1]
+        parts = [*shard, *[None] * (len(TAG_LEVELS) - len(shard))]
+    levels = parts
+    return (path, *levels, unit)
 
 
 def row_for(table: str, d: dict[str, Any]) -> tuple[Any, ...]:
     """Turn a stream row (``flows.streams.rows_of`` form) into a table row tuple."""
-    if table == "points":
+    if table in ("points", "text_points"):
         return (
             d["path"],
             ms_to_datetime(d["ts_ms"]),
-            float(d["value"]),
+            float(d["value"]) if table == "points" else str(d["value"]),
             d.get("unit", ""),
-            {"GOOD": 0, "UNCERTAIN": 1, "BAD": 2}[d.get("quality", "GOOD")],
+            _QUALITY[d.get("quality", "GOOD")],
         )
     if table == "aggregates":
         return (
@@ -180,7 +213,10 @@ def _timescale(conn: psycopg.Connection[Any], cfg: TimescaleSinkConfig) -> tuple
 
 
 def ensure_schema(conn: psycopg.Connection[Any], cfg: TimescaleSinkConfig) -> bool:
-    """Create the schema and tables if needed; return True when they are hypertables."""
+    """Create the schema, tables, views and indexes if needed; return True for hypertables.
+
+    On TimescaleDB the policies are then made to match the config (:func:`sync_policies`).
+    """
     s = cfg.db_schema
     with conn.transaction():
         conn.execute(f'create schema if not exists "{s}"')
@@ -190,6 +226,11 @@ def ensure_schema(conn: psycopg.Connection[Any], cfg: TimescaleSinkConfig) -> bo
         level = logging.INFO if "not installed" in why else logging.WARNING
         log.log(level, "timescaledb sink: using plain PostgreSQL tables: %s", why)
     with conn.transaction():
+        levels = ", ".join(f'"{c}" text' for c in TAG_LEVELS)
+        conn.execute(
+            f'create table if not exists "{s}"."tags" (path text primary key, {levels}, unit text)'
+        )
+        conn.execute(f'create index if not exists "tags_site_idx" on "{s}"."tags" (site, area)')
         for t in TABLES.values():
             cols = ", ".join(f'"{c}" {typ}' for c, typ in t.columns)
             key = ", ".join(f'"{k}"' for k in t.key)
@@ -197,37 +238,87 @@ def ensure_schema(conn: psycopg.Connection[Any], cfg: TimescaleSinkConfig) -> bo
                 f'create table if not exists "{s}"."{t.name}" ({cols}, primary key ({key}))'
             )
             if timescale:
-                conn.execute(
-                    "select create_hypertable(%s, %s, if_not_exists => true, migrate_data => true)",
-                    (f'"{s}"."{t.name}"', t.time_column),
-                )
-                if cfg.compress_after is not None:
-                    conn.execute(
-                        f'alter table "{s}"."{t.name}" set (timescaledb.compress, '
-                        f"timescaledb.compress_segmentby = 'path')"
-                    )
-                    conn.execute(
-                        "select add_compression_policy(%s, %s::interval, if_not_exists => true)",
-                        (f'"{s}"."{t.name}"', cfg.compress_after),
-                    )
-                if cfg.retain_for is not None:
-                    conn.execute(
-                        "select add_retention_policy(%s, %s::interval, if_not_exists => true)",
-                        (f'"{s}"."{t.name}"', cfg.retain_for),
-                    )
+                _hypertable(conn, cfg, t)
             else:
                 conn.execute(
                     f'create index if not exists "{t.name}_time_idx" on '
                     f'"{s}"."{t.name}" ("{t.time_column}")'
                 )
+            # The latest value of a tag, and one site's rows over a time range, via tags.path.
+            conn.execute(
+                f'create index if not exists "{t.name}_path_time_idx" on '
+                f'"{s}"."{t.name}" (path, "{t.time_column}" desc)'
+            )
         for label, ms in (("1m", 60_000), ("15m", 900_000)):
             conn.execute(
                 f'create or replace view "{s}"."aggregates_{label}" as select * '
                 f'from "{s}"."aggregates" where window_ms = {ms}'
             )
+        for name in ("points", "aggregates", "events", "kpis", "text_points"):
+            lv = ", ".join(f't."{c}"' for c in TAG_LEVELS)
+            conn.execute(
+                f'create or replace view "{s}"."{name}_isa95" as select {lv}, x.* '
+                f'from "{s}"."{name}" x left join "{s}"."tags" t using (path)'
+            )
+    if timescale:
+        sync_policies(conn, cfg)
     log.info(
         "timescaledb sink: schema %s ready (%s)",
         s,
         "hypertables" if timescale else "plain PostgreSQL tables",
     )
     return timescale
+
+
+def _hypertable(conn: psycopg.Connection[Any], cfg: TimescaleSinkConfig, t: _Table) -> None:
+    """Make ``t`` a hypertable with its chunk interval and compression settings."""
+    s, r = cfg.db_schema, cfg.table(t.name)
+    rel = f'"{s}"."{t.name}"'
+    conn.execute(
+        "select create_hypertable(%s, %s, chunk_time_interval => %s::interval, "
+        "if_not_exists => true, migrate_data => true)",
+        (rel, t.time_column, r.chunk_interval),
+    )
+    # New chunks take the configured interval (existing ones keep theirs).
+    conn.execute("select set_chunk_time_interval(%s, %s::interval)", (rel, r.chunk_interval))
+    if r.compress_after is None:
+        return
+    segmentby = ", ".join(r.segmentby)
+    try:
+        with conn.transaction():
+            conn.execute(
+                f"alter table {rel} set (timescaledb.compress, "
+                f"timescaledb.compress_segmentby = '{segmentby}', "
+                f"timescaledb.compress_orderby = '{r.orderby}')"
+            )
+    except psycopg.Error as e:
+        # Changing them with compressed chunks present is refused; the old ones stay.
+        log.warning(
+            "timescaledb sink: %s keeps its compression settings: %s",
+            t.name,
+            str(e).strip().splitlines()[0],
+        )
+
+
+def sync_policies(conn: psycopg.Connection[Any], cfg: TimescaleSinkConfig) -> list[str]:
+    """Add, alter or remove compression and retention policies to match the config.
+
+    One log line says what changed (or that nothing did); returns the changes.
+    """
+    found = conn.execute(
+        "select hypertable_name, proc_name, job_id, "
+        "coalesce(config->>'compress_after', config->>'drop_after')::interval "
+        "from timescaledb_information.jobs where hypertable_schema = %s "
+        "and proc_name in ('policy_compression', 'policy_retention')",
+        (cfg.db_schema,),
+    ).fetchall()
+    current = [
+        Current(table, "compression" if proc == "policy_compression" else "retention", job, iv)
+        for table, proc, job, iv in found
+    ]
+    statements, changes = plan(cfg.db_schema, cfg.policies(), current)
+    with conn.transaction():
+        for sql, params in statements:
+            conn.execute(sql, params)
+    log.info("timescaledb sink: policies %s", "; ".join(changes) if changes else "unchanged")
+    return changes

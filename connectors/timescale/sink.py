@@ -1,18 +1,10 @@
 """TimescaleDB / PostgreSQL sink (psycopg 3): spooled, then COPY into staging and upsert.
 
-Tables (created on first use in ``schema``):
-
-- ``points (path, ts, value, unit, quality)``, key ``(path, ts)``;
-- ``aggregates (path, window_ms, start_ts, ...)``, key ``(path, window_ms, start_ts)``, with
-  views ``aggregates_1m`` and ``aggregates_15m``;
-- ``events (kind, rule, path, ts, ...)``, key ``(kind, rule, path, ts)``;
-- ``kpis (path, name, window_ms, start_ts, value, ...)``, key ``(path, name, window_ms, start_ts)``.
-
-With the ``timescaledb`` extension available they become hypertables, with compression and
-retention policies when configured; on plain PostgreSQL they are ordinary tables with the same
-keys plus a time index. A batch of spooled rows is written with COPY
-into a temporary staging table and ``INSERT ... ON CONFLICT DO UPDATE``, so re-emitted windows
-and replays after recovery overwrite instead of duplicating.
+Tables, views and policies are created on first use (:mod:`connectors.timescale.schema`);
+every path written is entered once in the ``tags`` asset table with its ISA-95 levels. A
+batch of spooled rows is written with COPY into a temporary staging table and
+``INSERT ... ON CONFLICT DO UPDATE``, so re-emitted windows and replays after recovery
+overwrite instead of duplicating.
 
 The worker never waits for the database: the sink's step appends rows to a durable spool
 (:mod:`connectors._spooled`, made durable at every epoch snapshot) and a writer thread moves
@@ -20,16 +12,19 @@ them to the database in transactions, oldest first. A database that is down, sto
 (a full disk, a lock, SIGSTOP) only makes the spool grow, within its bounds; every other sink
 keeps its pace and the flow's results do not change. Errors are classified:
 
-- the connection failed, was lost or timed out: an outage; the rows stay spooled and the
-  writer reconnects (first at once, then backing off up to ``max_backoff_s``);
+- the connection failed, was lost or refused, the server is shutting down, a statement timed
+  out, too many connections, the server's disk or memory is full, a serialization conflict
+  (:func:`is_outage`): an outage; the
+  rows stay spooled and the writer reconnects (first at once, then backing off up to
+  ``max_backoff_s``);
 - a write that has not returned for ``stall_after_s``: reported as a stall (the database
   hangs), once; the writer waits for it, off the worker;
 - TimescaleDB's "tuple decompression limit exceeded" (a replay writing into compressed
   chunks): the limit is lifted for the sink's own session and the batch is written again;
-- anything else the database refuses (a constraint, a type, SQLSTATE classes 22, 23, 53 and
-  54): the batch is split in halves until the offending rows are alone; they become dead
-  letters with the database's reason (the step emits them), the others are written.
-  Never retried forever.
+- anything else the database refuses (a constraint, a type, SQLSTATE classes 22, 23, and the
+  other limits of 53 and 54): the batch is split in halves until the offending rows are
+  alone; they become dead letters with the database's reason (the step emits them), the
+  others are written. Never retried forever.
 
 Every state change is one log line and one event. At the end of a bounded run the writer
 delivers what is left, up to ``close_timeout_s``; what it cannot is kept in the spool and the
@@ -51,16 +46,41 @@ from typing_extensions import override
 from connectors._spool import Spool
 from connectors._spooled import Outage, Report, Spooled, SpoolSettings, Writer
 from connectors.timescale.config import TimescaleSinkConfig, reveal_dsn
-from connectors.timescale.schema import STREAM_TABLE, TABLES, ensure_schema, row_for
+from connectors.timescale.schema import (
+    STREAM_TABLE,
+    TABLES,
+    TAG_LEVELS,
+    ensure_schema,
+    row_for,
+    tag_row,
+)
 from wire.records import DeadLetter
 
-__all__ = ["TimescaleDelivery", "rows_of", "spooled"]
+__all__ = ["TimescaleDelivery", "is_outage", "rows_of", "spooled"]
 
 log = logging.getLogger(__name__)
 
 
-_OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
+# SQLSTATEs that say "not now" (connection lost, server shutting down, statement timeout,
+# too many connections, a full disk or no memory on the server, serialization conflict):
+# they pass with time or an operator's action, whatever the rows, so the rows wait in the
+# spool (within its bounds) and the writer retries. Any other refusal (a constraint, a type,
+# the other limits of classes 53 and 54) is about the rows.
+_OUTAGE_CLASSES = ("08", "40")
+_OUTAGE_STATES = ("57P01", "57P02", "57P03", "57014", "53100", "53200", "53300")
+
+
+def is_outage(e: psycopg.Error) -> bool:
+    """Return True when ``e`` means the database cannot take rows now (retry them later)."""
+    state = e.sqlstate
+    if state is None:  # raised by the client: no connection, or it broke
+        return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
+    return state[:2] in _OUTAGE_CLASSES or state in _OUTAGE_STATES
+
+
 _DECOMPRESSION = "tuple decompression limit"
+_UNIT_TABLES = ("points", "aggregates", "text_points")  # row[3] is the tag's unit
+_PATH_COLUMN = {name: t.names.index("path") for name, t in TABLES.items()}
 TableRow = tuple[str, tuple[Any, ...]]
 
 
@@ -81,6 +101,8 @@ class TimescaleDelivery(Writer):
         self.conn: psycopg.Connection[Any] | None = None
         self.schema_ready = False
         self.timescale = False
+        self.tagged: dict[str, bool] = {}  # paths in ``tags`` -> whether with their unit
+        self.limit_lifted = False
 
     # -- connection and schema ---------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
@@ -93,6 +115,7 @@ class TimescaleDelivery(Writer):
                 autocommit=True,
             )
             self.schema_ready = False
+            self.tagged, self.limit_lifted = {}, False
         if not self.schema_ready:
             self.timescale = ensure_schema(self.conn, self.cfg)
             self.state_detail = "hypertables" if self.timescale else "plain PostgreSQL tables"
@@ -113,7 +136,17 @@ class TimescaleDelivery(Writer):
         by_table: dict[str, list[tuple[Any, ...]]] = {}
         for table, row in rows:
             by_table.setdefault(table, []).append(row)
+        tags = self._new_tags(rows)
         with conn.transaction():
+            if tags:
+                lv = ", ".join(f'"{c}"' for c in TAG_LEVELS)
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        f'insert into "{s}"."tags" (path, {lv}, unit) values '
+                        f"(%s, {', '.join(['%s'] * len(TAG_LEVELS))}, %s) on conflict (path) do "
+                        'update set unit = excluded.unit where "tags".unit is null',
+                        [tag_row(p, u) for p, u in tags.items()],
+                    )
             for name, trows in by_table.items():
                 t = TABLES[name]
                 cols = ", ".join(f'"{c}"' for c in t.names)
@@ -133,22 +166,42 @@ class TimescaleDelivery(Writer):
                     f'insert into "{s}"."{name}" ({cols}) select {cols} from "{stage}" '
                     f"on conflict ({key}) do update set {updates}"
                 )
+        for path, unit in tags.items():
+            self.tagged[path] = self.tagged.get(path, False) or unit is not None
+
+    def _new_tags(self, rows: list[TableRow]) -> dict[str, str | None]:
+        """Paths (with their unit, if the row has one) that ``tags`` may not hold yet."""
+        new: dict[str, str | None] = {}
+        for table, row in rows:
+            path = row[_PATH_COLUMN[table]]
+            unit = row[3] if table in _UNIT_TABLES else None
+            known = self.tagged.get(path)
+            if (known is None or (unit is not None and not known)) and (
+                unit is not None or path not in new
+            ):
+                new[path] = unit
+        return new
 
     def _isolate(self, rows: list[TableRow], raw: list[dict[str, Any]]) -> None:
         """Write rows; rows the database refuses become dead letters, the others are written."""
         try:
+            self._connect()
+        except psycopg.Error as e:  # refused, unreachable, or no right to the schema: not the rows
+            raise Outage(_first_line(e)) from e
+        try:
             self._write(rows)
-        except _OUTAGE:
-            raise
         except psycopg.Error as e:
-            if _DECOMPRESSION in str(e) and self.conn is not None:
+            if is_outage(e):
+                raise Outage(_first_line(e)) from e
+            if _DECOMPRESSION in str(e) and self.conn is not None and not self.limit_lifted:
                 # A replay writing into compressed chunks: lift the limit for this session.
                 self.conn.execute("set timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
+                self.limit_lifted = True
                 log.warning("timescaledb sink: lifted the decompression limit for its session")
-                self._write(rows)
+                self._isolate(rows, raw)
                 return
             if len(rows) == 1:
-                why = str(e).strip().splitlines()[0]
+                why = _first_line(e)
                 state = getattr(e, "sqlstate", None) or "?"
                 reason = f"refused by the database (SQLSTATE {state}): {why}"
                 self.report(DeadLetter(self.cfg.id, reason, raw[0], source=self.cfg.id))
@@ -160,11 +213,12 @@ class TimescaleDelivery(Writer):
     @override
     def deliver(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         table_rows = [(STREAM_TABLE[st], row_for(STREAM_TABLE[st], d)) for st, d in rows]
-        try:
-            self._isolate(table_rows, [d for _, d in rows])
-        except _OUTAGE as e:
-            text = str(e).strip()
-            raise Outage(text.splitlines()[0] if text else type(e).__name__) from e
+        self._isolate(table_rows, [d for _, d in rows])
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _where(cfg: TimescaleSinkConfig) -> str:

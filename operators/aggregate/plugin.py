@@ -51,6 +51,15 @@ class AggregateOp(OperatorModel):
         """Windows close on event time only: a replay must not depend on wall time."""
         return self.model_copy(update={"idle_close": False})
 
+    def revision_horizon_ms(self) -> int:
+        """Return how long a window row (keyed by its start) may be re-emitted: end plus lags."""
+        return (
+            max((self.window_ms, *self.rollup_ms))
+            + self.allowed_lateness_ms
+            + (self.max_gap_ms or self.window_ms)
+            + self.max_source_lag_ms
+        )
+
     @model_validator(mode="after")
     def _multiples(self) -> AggregateOp:
         if self.max_gap_ms is not None and self.max_gap_ms > self.window_ms:
