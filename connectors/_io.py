@@ -30,6 +30,7 @@ from bytewax.inputs import StatefulSourcePartition
 from typing_extensions import override
 
 from flows.lifecycle import stop_event, stop_requested
+from flows.metrics import CONNECTED, OVERFLOW_DROPS, QUEUE_DEPTH, RECONNECTS, register_connection
 from wire.records import DeadLetter, Event, PointBatch, TextPoints, now_ms
 
 __all__ = [
@@ -77,6 +78,7 @@ class Channel(Generic[T]):
         self._dropped = 0
         self._on_drop = on_drop
         self.put_total = 0
+        self.name = ""  # the owner's, for metrics
 
     def __len__(self) -> int:
         return len(self._items)
@@ -100,8 +102,10 @@ class Channel(Generic[T]):
             if dropped is not item:
                 self._items.append(item)
                 self.put_total += 1
-        if dropped is not None and self._on_drop is not None:
-            self._on_drop(dropped)
+        if dropped is not None:
+            OVERFLOW_DROPS.labels(self.name).inc()
+            if self._on_drop is not None:
+                self._on_drop(dropped)
         return dropped is None
 
     def drain(self, max_items: int) -> list[T]:
@@ -157,6 +161,16 @@ class Link:
     reason: str = ""
     reconnects: int = 0
     changes: int = field(default=0)
+    #: ``input``: the input's readiness follows its links (:func:`flows.metrics.ready`).
+    kind: Literal["input", "sink"] = "input"
+
+    def __post_init__(self) -> None:
+        CONNECTED.labels(self.input_id, self.endpoint).set(0)
+        if self.kind == "input":
+            register_connection(self.input_id, self.endpoint, self._state)
+
+    def _state(self) -> tuple[bool | None, str]:
+        return self.up_, self.reason
 
     @property
     def is_up(self) -> bool:
@@ -183,6 +197,9 @@ class Link:
             log.info("%s: connected to %s%s", self.input_id, self.endpoint, suffix)
         self.up_, self.since_ms, self.reason = True, now, ""
         self.changes += 1
+        CONNECTED.labels(self.input_id, self.endpoint).set(1)
+        if was_down:
+            RECONNECTS.labels(self.input_id, self.endpoint).inc()
         self.emit(
             Event(
                 kind="source",
@@ -205,6 +222,7 @@ class Link:
         log.warning("%s: %s is down: %s (retrying)", self.input_id, self.endpoint, reason)
         self.up_, self.since_ms, self.reason = False, now, reason
         self.changes += 1
+        CONNECTED.labels(self.input_id, self.endpoint).set(0)
         self.emit(
             Event(
                 kind="source",
@@ -302,6 +320,7 @@ class ThreadedPartition(StatefulSourcePartition[SourceItem, S]):
     ) -> None:
         self.name = name
         self.channel = channel
+        channel.name = name
         self.batch_size = batch_size
         self.stopping = threading.Event()
         self.failed: BaseException | None = None
@@ -358,6 +377,7 @@ class ThreadedPartition(StatefulSourcePartition[SourceItem, S]):
         if stop_requested():
             self.stopping.set()
         items = self.channel.drain(self.batch_size)
+        QUEUE_DEPTH.labels(self.name).set(len(self.channel))
         if not items and self.finished():
             if self.failed is not None and not stop_requested():
                 msg = f"{self.name}: I/O thread failed: {self.failed}"

@@ -40,6 +40,14 @@ from connectors._spool import Spool, SpoolOverflow
 from connectors.errors import ConnectorError
 from flows.build import Build
 from flows.lifecycle import fail_at_exit
+from flows.metrics import (
+    SINK_BUFFERED,
+    SINK_FAILURES,
+    SINK_LATENCY,
+    SINK_RETRIES,
+    SINK_ROWS,
+    register_check,
+)
 from wire.records import DeadLetter, Event, now_ms
 
 __all__ = ["Outage", "SpoolSettings", "Spooled", "Writer", "spooled_output"]
@@ -101,14 +109,31 @@ class Writer(threading.Thread):
     ) -> None:
         super().__init__(name=f"edgeflow-{name}", daemon=True)
         self.spool = spool
-        self.report = report
+
+        def counted(item: Report) -> None:
+            if isinstance(item, DeadLetter):  # a row the destination refused for good
+                SINK_FAILURES.labels(name).inc()
+            report(item)
+
+        self.report = counted
         self.stop = threading.Event()
         self.draining = threading.Event()
         self.written = 0
         self.busy_since: float | None = None
-        self.link = Link(name, endpoint, path, report)
+        self.link = Link(name, endpoint, path, report, kind="sink")
+        self.sink_id = name
+        register_check("sink", name, self._ready)
         self._watch = threading.Thread(target=self._watchdog, daemon=True)
         self.state_detail = ""
+
+    def _ready(self) -> tuple[bool, str]:
+        """Ready while writing, or buffering an outage within the spool's bounds."""
+        pending = self.spool.pending()
+        if self.link.up_ is not False:
+            return True, ""
+        if self.spool.size_bytes() >= 0.9 * self.spool.max_bytes:
+            return False, f"{self.link.reason}; spool of {pending} rows is 90% full"
+        return True, f"buffering {pending} rows: {self.link.reason}"
 
     def deliver(self, rows: list[Row]) -> None:
         """Write ``rows``; raise :class:`Outage` to keep them for later."""
@@ -133,15 +158,18 @@ class Writer(threading.Thread):
         while not self.stop.is_set():
             records = self.spool.read(self.spool.acked, self.batch_rows)
             if not records:
+                SINK_BUFFERED.labels(self.sink_id).set(0)
                 if self.draining.is_set():
                     return
                 self.stop.wait(0.05)
                 continue
             rows: list[Row] = [pickle.loads(r.data) for r in records]
             self.busy_since = time.monotonic()
+            SINK_BUFFERED.labels(self.sink_id).set(self.spool.pending())
             try:
                 self.deliver(rows)
             except Outage as e:
+                SINK_RETRIES.labels(self.sink_id).inc()
                 self.link.down(str(e))
                 self.disconnect()
                 self.stop.wait(backoff.next_delay())
@@ -153,9 +181,13 @@ class Writer(threading.Thread):
                 self.stop.wait(backoff.next_delay())
                 continue
             finally:
+                if self.busy_since is not None:
+                    SINK_LATENCY.labels(self.sink_id).observe(time.monotonic() - self.busy_since)
                 self.busy_since = None
             self.written += len(rows)
+            SINK_ROWS.labels(self.sink_id).inc(len(rows))
             self.spool.ack(records[-1].seq)
+            SINK_BUFFERED.labels(self.sink_id).set(self.spool.pending())
             if time.monotonic() - saved > 1.0:  # what was written is not written again
                 self.spool.save_meta()
                 saved = time.monotonic()

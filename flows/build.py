@@ -22,15 +22,38 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from prometheus_client import Counter
 from typing_extensions import override
 
 from flows import system
 from flows.config import SiteBase
 from flows.errors import ConfigError
+from flows.metrics import (
+    INPUT_DECODE_ERRORS,
+    INPUT_EVENT_LAG,
+    INPUT_MESSAGES,
+    INPUT_POINTS,
+    OPERATOR_IN,
+    OPERATOR_OUT,
+    REEMITTED,
+    WINDOWS,
+    count_dead_letter,
+    count_late,
+    register_check,
+    reset_checks,
+)
 from flows.registry import Kind, component, load_components
 from flows.streams import rows_of
 from wire.errors import EdgeflowError
-from wire.records import DeadLetter, Event, PointBatch, TextPoints, shard_of
+from wire.records import (
+    DeadLetter,
+    Event,
+    PointBatch,
+    TextPoints,
+    WindowAggregates,
+    now_ms,
+    shard_of,
+)
 
 __all__ = ["Build", "UnroutedSink", "build_flow", "key_by_shard", "shard_batches"]
 
@@ -140,6 +163,38 @@ def _rows_pairs(tagged: tuple[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(name, row) for row in rows_of(name, item)]
 
 
+def _no_connection() -> tuple[bool, str]:
+    return True, ""
+
+
+def _count_input(input_id: str, _step: str, item: object) -> None:
+    if isinstance(item, PointBatch):
+        INPUT_MESSAGES.labels(input_id).inc()
+        if len(item):
+            INPUT_POINTS.labels(input_id).inc(len(item))
+            INPUT_EVENT_LAG.labels(input_id).set(now_ms() / 1000 - int(item.ts_ms.max()) / 1000)
+    elif isinstance(item, TextPoints):
+        INPUT_POINTS.labels(input_id).inc(len(item.points))
+    elif isinstance(item, DeadLetter):
+        INPUT_DECODE_ERRORS.labels(input_id).inc()
+
+
+def _count_points(counter: Counter, operator_id: str, _step: str, item: Any) -> None:
+    counter.labels(operator_id).inc(len(item[1]))
+
+
+def _count_dead_letter(_step: str, item: DeadLetter) -> None:
+    count_dead_letter(item.stage, item.reason)
+
+
+def _count_late(_step: str, item: DeadLetter) -> None:
+    count_late(item.reason)
+
+
+def _count_windows(_step: str, item: WindowAggregates) -> None:
+    (REEMITTED if item.revision else WINDOWS).labels(item.label).inc(len(item))
+
+
 def _is_batch(item: object) -> bool:
     return isinstance(item, PointBatch)
 
@@ -167,7 +222,10 @@ class Build:
     # -- inputs --------------------------------------------------------------------------
     def input(self, step_id: str, source: Source[Any]) -> None:
         """Add a source whose items are point batches, dead letters, events and text points."""
+        # Ready unless the input's connections say otherwise (they replace this check).
+        register_check("input", step_id, _no_connection)
         items = op.input(step_id, self.flow, system.track(source))
+        items = op.inspect(f"{step_id}_metrics", items, partial(_count_input, step_id))
         split = op.branch(f"{step_id}_split", items, _is_batch)
         self.add("raw", cast(Stream[PointBatch], split.trues))
         rest = op.branch(f"{step_id}_rest", split.falses, _is_dead_letter)
@@ -268,6 +326,7 @@ def build_flow(site: SiteBase, *, out_dir: Path | None = None, name: str = "edge
         return lambda: component(kind, cfg.type).build(cfg, b)
 
     system.reset()
+    reset_checks()
     inputs = getattr(site, "inputs", ())
     for i, inp in enumerate(inputs):
         located(f"inputs.{i}", builder("input", inp))
@@ -278,7 +337,13 @@ def build_flow(site: SiteBase, *, out_dir: Path | None = None, name: str = "edge
     b.add("events", cast(Stream[Event], split.falses))
     b.points = key_by_shard("shard", b.stream("raw", "inputs"), levels=site.site.shard_levels)
     for i, step in enumerate(getattr(site, "operators", ())):
+        into = b.points
         located(f"operators.{i}", builder("operator", step))
+        if b.points is not into:  # it changes the points: count what goes in and out
+            op.inspect(f"{step.id}_metrics_in", into, partial(_count_points, OPERATOR_IN, step.id))
+            op.inspect(
+                f"{step.id}_metrics_out", b.points, partial(_count_points, OPERATOR_OUT, step.id)
+            )
     sinks = list(enumerate(getattr(site, "sinks", ())))
     # Sinks that emit (e.g. rejected lines as dead letters) come first, so others can take them.
     sinks.sort(key=lambda s: not component("sink", s[1].type).emits(s[1]))
@@ -286,6 +351,13 @@ def build_flow(site: SiteBase, *, out_dir: Path | None = None, name: str = "edge
     for i, sink in sinks:
         subscribed.update(component("sink", sink.type).needs(sink))
         located(f"sinks.{i}", builder("sink", sink))
+    for stream_name, counter in (
+        ("dead_letters", _count_dead_letter),
+        ("late", _count_late),
+        ("aggregates", _count_windows),
+    ):
+        if b.has(stream_name):
+            op.inspect(f"metrics_{stream_name}", b.stream(stream_name, "metrics"), counter)
     for stream_name in ("dead_letters", "late"):
         if stream_name not in subscribed and b.has(stream_name):
             op.output(

@@ -337,6 +337,11 @@ class EdgeflowSettings(BaseSettings):
     out_dir: Path | None = Field(default=None, description="overrides every file sink's dir")
     log_level: str = "INFO"
     log_format: Literal["text", "json"] | None = None
+    metrics_listen: str | None = Field(
+        default=None,
+        pattern=r"^(off|[^:\s]+:\d{1,5})$",
+        description="overrides the site's observability.listen (host:port, or off)",
+    )
 
     @field_validator("log_level")
     @classmethod

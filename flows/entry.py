@@ -12,11 +12,12 @@ from typing import Any
 from bytewax.dataflow import Dataflow
 
 from flows.build import build_flow
-from flows.config import load_settings, load_site
+from flows.config import Observability, load_settings, load_site
 from flows.errors import ConfigError
-from flows.lifecycle import exit_failures, install_signal_handlers
+from flows.lifecycle import exit_failures, install_signal_handlers, run_option
+from flows.metrics import StatusLogger, serve
 
-__all__ = ["fail", "main_flow", "setup_logging"]
+__all__ = ["fail", "main_flow", "observe", "process_index", "setup_logging"]
 
 
 def fail(e: ConfigError) -> None:
@@ -50,9 +51,31 @@ def main_flow(name: str, default_site: Path) -> Dataflow:
     except ConfigError as e:
         fail(e)
         raise  # unreachable
+    obs = site.observability
+    if settings.metrics_listen is not None:
+        listen = None if settings.metrics_listen == "off" else settings.metrics_listen
+        obs = obs.model_copy(update={"listen": listen})
+    observe(obs, source=site.source_file)
     install_signal_handlers()
     atexit.register(_exit_status)
     return flow
+
+
+def process_index(argv: list[str] | None = None) -> int:
+    """Return this process's index in a bytewax cluster (``-i``/``--process-id``), else 0."""
+    value = run_option(("-i", "--process-id"), argv)
+    return int(value if value is not None else os.environ.get("BYTEWAX_PROCESS_ID") or 0)
+
+
+def observe(cfg: Observability, *, source: str | None = None) -> None:
+    """Start the metrics and health endpoint and the status line, as the site file says."""
+    if cfg.listen:
+        try:
+            serve(cfg.listen, process_index=process_index())
+        except OSError as e:
+            fail(ConfigError(str(e), file=source, field="observability.listen"))
+    if cfg.status_interval_s > 0:
+        StatusLogger(cfg.status_interval_s).start()
 
 
 def _exit_status() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -19,11 +20,23 @@ __all__ = [
     "install_signal_handlers",
     "request_stop",
     "reset",
+    "run_option",
     "stop_event",
     "stop_requested",
 ]
 
 log = logging.getLogger("edgeflow")
+
+
+def run_option(names: tuple[str, str], argv: list[str] | None = None) -> str | None:
+    """Return the value of a ``bytewax.run`` option (short or long form) this process got."""
+    args = sys.argv if argv is None else argv
+    for i, a in enumerate(args):
+        if a in names and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(f"{names[1]}="):
+            return a.split("=", 1)[1]
+    return None
 _stop = threading.Event()
 _failures: list[str] = []
 

@@ -22,6 +22,8 @@ import sys
 import threading
 from pathlib import Path
 
+from flows.lifecycle import run_option
+
 __all__ = [
     "committed_frontier",
     "read_frontier",
@@ -38,13 +40,8 @@ def recovery_dir(argv: list[str] | None = None) -> Path | None:
     env = os.environ.get("EDGEFLOW_RECOVERY_DIR")
     if env:
         return Path(env)
-    args = sys.argv if argv is None else argv
-    for i, a in enumerate(args):
-        if a in ("-r", "--recovery-directory") and i + 1 < len(args):
-            return Path(args[i + 1])
-        if a.startswith("--recovery-directory="):
-            return Path(a.split("=", 1)[1])
-    return None
+    value = run_option(("-r", "--recovery-directory"), argv)
+    return None if value is None else Path(value)
 
 
 _readers: dict[Path, subprocess.Popen[str]] = {}

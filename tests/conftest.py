@@ -20,6 +20,9 @@ INFRA_DIR = Path(os.environ.get("EDGEFLOW_INFRA_DIR", "/var/tmp/edgeflow-infra")
 # Spools of sinks built by tests never land in the checkout (nor leak into another test):
 # module-scoped fixtures share this one; each test gets its own (see _own_spool_dir).
 os.environ["EDGEFLOW_SPOOL_DIR"] = tempfile.mkdtemp(prefix="edgeflow-test-spool-")
+# The shipped sites serve metrics on fixed ports; flows started by tests do not (several run
+# at once), except where a test sets its own port.
+os.environ["EDGEFLOW_METRICS_LISTEN"] = "off"
 
 
 @pytest.fixture(autouse=True)

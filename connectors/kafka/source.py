@@ -29,6 +29,7 @@ from typing_extensions import override
 
 from connectors.errors import SourceError
 from connectors.kafka.config import KafkaInput
+from flows.metrics import KAFKA_LAG
 from flows.registry import History
 from wire.points import PointsDecoder
 from wire.records import DeadLetter, PointBatch, TagRef, to_ms
@@ -180,6 +181,7 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
         self.decoder = PointsDecoder()
         self._tags: tuple[TagRef, ...] = ()
         self.caught_up = False
+        self._lag_at = 0.0
 
     def _deleted(self, first: int, low: int) -> None:
         """Report offsets deleted before they were read: a replay fails, a live reader goes on."""
@@ -201,6 +203,18 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
     def _finished(self) -> bool:
         return self.stop is not None and self.next_offset >= self.stop
 
+    def _measure_lag(self) -> None:
+        """Export the partition's consumer lag, at most once a second (cached offsets)."""
+        now = time.monotonic()
+        if now - self._lag_at < 1.0:
+            return
+        self._lag_at = now
+        tp = KafkaTopicPartition(self.src.topic, self.partition)
+        _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high is not None and high >= 0:
+            lag = max(0, high - self.next_offset)
+            KAFKA_LAG.labels(self.src.cfg.id, self.src.topic, str(self.partition)).set(lag)
+
     @override
     def next_batch(self) -> list[PointBatch | DeadLetter]:
         if self.pending:
@@ -208,6 +222,7 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
             return out
         if self._finished():
             raise StopIteration
+        self._measure_lag()
         msgs = []
         for m in self.consumer.consume(self.src.cfg.batch_size, timeout=0):
             err = m.error()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the real services need: Debian packages (PostgreSQL, mosquitto, InfluxDB 1.x,
-# JDK + Maven, openssl, headless Chromium) and the Apache Kafka broker jars from Maven Central. Idempotent.
+# JDK + Maven, openssl, headless Chromium, Prometheus) and the Apache Kafka broker jars from Maven Central. Idempotent.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 need_apt=()
@@ -14,6 +14,7 @@ command -v runuser >/dev/null || need_apt+=(util-linux)  # PostgreSQL runs as it
 command -v node >/dev/null || need_apt+=(nodejs)         # independent protocol servers (tests)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v chromium >/dev/null || need_apt+=(chromium)  # renders the backtest report (tests)
+command -v prometheus >/dev/null || need_apt+=(prometheus)  # scrapes a running flow (tests)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
