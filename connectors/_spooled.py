@@ -50,7 +50,7 @@ from flows.metrics import (
 )
 from wire.records import DeadLetter, Event, now_ms
 
-__all__ = ["Outage", "SpoolSettings", "Spooled", "Writer", "spooled_output"]
+__all__ = ["Outage", "SpoolSettings", "Spooled", "Writer", "spool_ready", "spooled_output"]
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,7 @@ class Writer(threading.Thread):
         self.state_detail = ""
 
     def _ready(self) -> tuple[bool, str]:
-        """Ready while writing, or buffering an outage within the spool's bounds."""
-        pending = self.spool.pending()
-        if self.link.up_ is not False:
-            return True, ""
-        if self.spool.size_bytes() >= 0.9 * self.spool.max_bytes:
-            return False, f"{self.link.reason}; spool of {pending} rows is 90% full"
-        return True, f"buffering {pending} rows: {self.link.reason}"
+        return spool_ready(self.link, self.spool)
 
     def deliver(self, rows: list[Row]) -> None:
         """Write ``rows``; raise :class:`Outage` to keep them for later."""
@@ -193,6 +187,16 @@ class Writer(threading.Thread):
                 saved = time.monotonic()
             self.link.up(self.state_detail)
             backoff.reset()
+
+
+def spool_ready(link: Link, spool: Spool) -> tuple[bool, str]:
+    """Return whether a spooled sink is ready: writing, or buffering under 90% of its spool."""
+    pending = spool.pending()
+    if link.up_ is not False:
+        return True, ""
+    if spool.size_bytes() >= 0.9 * spool.max_bytes:
+        return False, f"{link.reason}; spool of {pending} rows is 90% full"
+    return True, f"buffering {pending} rows: {link.reason}"
 
 
 MakeWriter = Callable[[Spool, Callable[[Report], None]], Writer]

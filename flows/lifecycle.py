@@ -37,6 +37,8 @@ def run_option(names: tuple[str, str], argv: list[str] | None = None) -> str | N
         if a.startswith(f"{names[1]}="):
             return a.split("=", 1)[1]
     return None
+
+
 _stop = threading.Event()
 _failures: list[str] = []
 

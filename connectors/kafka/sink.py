@@ -35,6 +35,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,11 @@ from typing_extensions import override
 
 from connectors._io import Backoff, Link
 from connectors._spool import Spool
+from connectors._spooled import spool_ready
 from connectors.kafka.config import KafkaConnection
 from flows import system
 from flows.lifecycle import fail_at_exit
+from flows.metrics import SINK_BUFFERED, SINK_LATENCY, SINK_RETRIES, SINK_ROWS, register_check
 from flows.recovery import committed_frontier, epoch_bound, recovery_dir
 
 __all__ = ["KafkaMessage", "KafkaSink", "SpoolSettings"]
@@ -97,7 +100,9 @@ class _Delivery(threading.Thread):
             f"kafka://{part.sink.connection.bootstrap_servers}/{part.sink.topic}",
             part.sink.path,
             system.post,
+            kind="sink",
         )
+        register_check("sink", part.name, partial(spool_ready, self.link, self.spool))
         self.producer: Producer | None = None
         self.transactional = self.recovery is not None
         self.delivered = 0
@@ -227,8 +232,12 @@ class _Delivery(threading.Thread):
                     self.stop.wait(0.05)
                     continue
                 todo = [r for r in records if r.seq not in self.skip]
+                SINK_BUFFERED.labels(self.part.name).set(self.spool.pending())
                 if todo:
+                    t0 = time.monotonic()
                     self._send(todo)
+                    SINK_LATENCY.labels(self.part.name).observe(time.monotonic() - t0)
+                    SINK_ROWS.labels(self.part.name).inc(len(todo))
                 self.skip.difference_update(r.seq for r in records)
                 self.spool.ack(records[-1].seq)
                 self.spool.save_meta(offsets={str(k): v for k, v in self.part.offsets.items()})
@@ -237,6 +246,7 @@ class _Delivery(threading.Thread):
                 self.link.up()
                 backoff.reset()
             except (KafkaException, BufferError, RuntimeError) as e:
+                SINK_RETRIES.labels(self.part.name).inc()
                 self.link.down(self.auth_error or str(e.args[0] if e.args else e))
                 self._reset()
                 self.stop.wait(backoff.next_delay())
