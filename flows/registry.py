@@ -86,6 +86,7 @@ BUILTINS: tuple[str, ...] = (
     "operators.alarm.plugin",
     "operators.kpi.plugin",
     "operators.inference.plugin",
+    "operators.state.plugin",
     "operators.custom.plugin",
     "reports.plugin",
 )

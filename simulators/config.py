@@ -32,15 +32,27 @@ class SimulatorInput(InputModel):
     ticks_per_batch: int = Field(default=1, gt=0, le=100_000)
     seed: int = 42
     inverters: int = Field(default=2, ge=1, le=1000)
+    production_line: bool = Field(
+        default=False, description="add a press with states, a cycle and a reject counter"
+    )
     faults: tuple[Fault, ...] = ()
     disorder_fraction: float = Field(
         default=0.0, ge=0, le=1, description="fraction of points delivered late"
     )
     disorder_max_delay_ms: int = Field(default=30_000, gt=0)
 
+    def layout(self, enterprise: str, site: str) -> SiteLayout:
+        """Return the simulated site's layout."""
+        return SiteLayout(
+            enterprise=enterprise,
+            site=site,
+            inverters=self.inverters,
+            production_line=self.production_line,
+        )
+
     def sampled_tags(self, enterprise: str, site: str) -> dict[TagRef, int]:
         """Every simulated tag: one sample each ``interval_ms``."""
-        layout = SiteLayout(enterprise=enterprise, site=site, inverters=self.inverters)
+        layout = self.layout(enterprise, site)
         sim = EnergySite(layout=layout, start_ms=0, interval_ms=self.interval_ms)
         return dict.fromkeys(sim.tags, self.interval_ms)
 

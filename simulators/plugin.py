@@ -7,7 +7,7 @@ import importlib
 from flows.build import Build
 from flows.registry import register, register_command
 from simulators.config import SimulatorInput
-from simulators.site import EnergySite, SiteLayout
+from simulators.site import EnergySite
 from simulators.source import SimulatorSource
 
 __all__ = ["build", "sim_main"]
@@ -17,7 +17,7 @@ __all__ = ["build", "sim_main"]
 def build(cfg: SimulatorInput, b: Build) -> None:
     """Simulate the site named in the site file."""
     ident = b.site.site
-    layout = SiteLayout(enterprise=ident.enterprise, site=ident.site, inverters=cfg.inverters)
+    layout = cfg.layout(ident.enterprise, ident.site)
     # Fail now, not when the flow starts: faults must name assets of the simulated site.
     EnergySite(layout=layout, start_ms=0, interval_ms=cfg.interval_ms, faults=cfg.faults)
     b.input(cfg.id, SimulatorSource(cfg, layout))

@@ -37,6 +37,7 @@ FAULT_KINDS = {
     "string_fault": "one PV string current halves (imbalance)",
     "stuck_sensor": "the asset's values freeze at their last reading",
     "bad_quality": "the asset reports BAD quality",
+    "machine_fault": "the production line's press stops in fault (state 3)",
 }
 
 
@@ -49,6 +50,7 @@ FaultKind = Literal[
     "string_fault",
     "stuck_sensor",
     "bad_quality",
+    "machine_fault",
 ]
 
 
@@ -85,6 +87,9 @@ class SiteLayout:
     battery_power_kw: float = 50.0
     load_base_kw: float = 60.0
     nominal_voltage_v: float = 400.0
+    #: A small production line: press-01 with state (1 run, 2 idle, 3 fault), a cycle counter
+    #: (16 bit, wraps) and a reject counter.
+    production_line: bool = False
 
 
 @dataclass(slots=True)
@@ -95,6 +100,10 @@ class _State:
     inv_temp: list[float] = field(default_factory=list)
     bess_temp: float = 25.0
     frozen: dict[str, list[float]] = field(default_factory=dict)
+    line_state: int = 1
+    line_progress: float = 0.0
+    line_cycles: int = 65_000  # near the top of 16 bits: the counter wraps in the first hour
+    line_rejects: int = 0
 
 
 class EnergySite:
@@ -160,6 +169,15 @@ class EnergySite:
                 ("power_factor", ""),
             ],
         )
+        if lay.production_line:
+            add(
+                "production",
+                "line-1",
+                "press-01",
+                [("state", ""), ("cycle_count", ""), ("reject_count", "")],
+            )
+        # The line draws from its own generator: the energy site's values do not change.
+        self._line_rng = np.random.default_rng(seed + 1_000)
         self.tags: tuple[TagRef, ...] = tuple(refs)
         self.assets = tuple(a for a, _, _ in self._assets)
         unknown = {f.asset for f in faults} - set(self.assets)
@@ -237,7 +255,26 @@ class EnergySite:
             voltage *= 0.88
         pf = 0.97 + rng.normal(0.0, 0.005)
         vals += [grid, voltage, 50.0 + rng.normal(0.0, 0.01), min(1.0, pf)]
+        if lay.production_line:
+            vals += self._line(t_s)
         return vals
+
+    def _line(self, t_s: float) -> list[float]:
+        """Return the press's samples: it runs (a 7 s cycle, 3% rejects), idles, faults."""
+        st, rng, dt_s = self._state, self._line_rng, self.interval_ms / 1000.0
+        if self._fault("machine_fault", "press-01", t_s):
+            st.line_state = 3
+        elif st.line_state == 3 or (st.line_state == 2 and rng.random() < dt_s / 120.0):
+            st.line_state = 1
+        elif st.line_state == 1 and rng.random() < dt_s / 900.0:
+            st.line_state = 2
+        if st.line_state == 1:
+            st.line_progress += dt_s / 7.0
+            while st.line_progress >= 1.0:
+                st.line_progress -= 1.0
+                st.line_cycles += 1
+                st.line_rejects += int(rng.random() < 0.03)
+        return [float(st.line_state), float(st.line_cycles % 65_536), float(st.line_rejects)]
 
     def step(self, ticks: int = 1) -> PointBatch:
         """Advance ``ticks`` ticks and return all their samples as one batch."""

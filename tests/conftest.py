@@ -52,6 +52,7 @@ class Endpoints:
     influx_url: str
     mqtt_tls_port: int
     mqtt_ca: str
+    mqtt_ws_port: int = 19001
     influx_user: tuple[str, str] = ("edgeflow", "edgeflow")
     influx_admin: tuple[str, str] = ("admin", "")
     secrets: dict[str, str] = field(default_factory=dict)
@@ -90,6 +91,7 @@ def endpoints() -> Endpoints:
         mqtt_port=int(os.environ.get("EDGEFLOW_MQTT_PORT", "11883")),
         influx_url=os.environ.get("EDGEFLOW_INFLUX_URL", "http://127.0.0.1:18086"),
         mqtt_tls_port=int(os.environ.get("EDGEFLOW_MQTT_TLS_PORT", "18884")),
+        mqtt_ws_port=int(os.environ.get("EDGEFLOW_MQTT_WS_PORT", "19001")),
         mqtt_ca=os.environ.get("EDGEFLOW_MQTT_CA", str(INFRA_DIR / "mosquitto" / "ca.crt")),
         influx_admin=("admin", secrets.get("INFLUX_ADMIN_PASSWORD", "")),
         secrets=secrets,

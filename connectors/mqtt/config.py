@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.errors import SourceConfigError
 from flows.registry import InputModel
 
-__all__ = ["FIELDS", "MqttInput", "TopicTemplate"]
+__all__ = ["FIELDS", "MqttConnection", "MqttInput", "TopicTemplate"]
 
 FIELDS = ("enterprise", "site", "area", "line", "machine", "tag")
 
@@ -66,17 +66,30 @@ class TopicTemplate:
         return out
 
 
-class MqttInput(InputModel):
+class MqttConnection(BaseModel):
+    """Where the broker is and how to log in: shared by the MQTT input and output."""
+
+    host: str
+    port: int = Field(default=1883, gt=0, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: str | None = None
+
+    @field_validator("tls_ca")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            msg = f"CA certificate file {v} does not exist or is not a file"
+            raise ValueError(msg)
+        return v
+
+
+class MqttInput(InputModel, MqttConnection):
     """MQTT subscriptions: plain topic templates and/or Sparkplug B groups."""
 
     type: Literal["mqtt"]
     id: str = "mqtt"
-    host: str
-    port: int = Field(default=1883, gt=0, le=65535)
     client_id: str = "edgeflow"
-    username: str | None = None
-    password: SecretStr | None = None
-    tls_ca: str | None = None
     qos: Literal[0, 1] = 1
     topics: tuple[TopicTemplate, ...] = ()
     sparkplug_groups: tuple[str, ...] = ()
@@ -102,14 +115,6 @@ class MqttInput(InputModel):
             "$EDGEFLOW_SPOOL_DIR or ./spool, then <site name>/<input id>/<client id>"
         ),
     )
-
-    @field_validator("tls_ca")
-    @classmethod
-    def _readable(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).is_file():
-            msg = f"CA certificate file {v} does not exist or is not a file"
-            raise ValueError(msg)
-        return v
 
     @model_validator(mode="after")
     def _something(self) -> MqttInput:

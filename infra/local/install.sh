@@ -15,6 +15,7 @@ command -v node >/dev/null || need_apt+=(nodejs)         # independent protocol 
 command -v npm >/dev/null || need_apt+=(npm)
 command -v chromium >/dev/null || need_apt+=(chromium)  # renders the backtest report (tests)
 command -v prometheus >/dev/null || need_apt+=(prometheus)  # scrapes a running flow (tests)
+command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)  # independent subscriber
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

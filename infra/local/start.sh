@@ -40,7 +40,10 @@ start_postgres() {
 
 start_mqtt() {
   local dir="$STATE_DIR/mosquitto"
-  if port_open "$MQTT_PORT" && port_open "$MQTT_TLS_PORT"; then log "mosquitto already up"; return 0; fi
+  if port_open "$MQTT_PORT" && port_open "$MQTT_TLS_PORT" && port_open "$MQTT_WS_PORT"; then
+    log "mosquitto already up"
+    return 0
+  fi
   if pidfile_alive "$dir/mosquitto.pid" mosquitto; then kill "$(cat "$dir/mosquitto.pid")"; sleep 0.5; fi
   mkdir -p "$dir"
   # A second listener with TLS (a local CA signs a cert for 127.0.0.1) and username/password.
@@ -71,6 +74,10 @@ password_file $dir/passwd
 cafile $dir/ca.crt
 certfile $dir/server.crt
 keyfile $dir/server.key
+# MQTT over WebSocket for browser screens (infra/hmi/index.html), anonymous, loopback.
+listener $MQTT_WS_PORT 127.0.0.1
+protocol websockets
+allow_anonymous true
 CONF
   # Private keys and the password file: readable by mosquitto only.
   chown -R mosquitto:mosquitto "$dir" 2>/dev/null || true
@@ -78,6 +85,7 @@ CONF
   mosquitto -c "$dir/mosquitto.conf" -d
   wait_port mosquitto "$MQTT_PORT" 30
   wait_port mosquitto-tls "$MQTT_TLS_PORT" 30
+  wait_port mosquitto-ws "$MQTT_WS_PORT" 30
 }
 
 start_influx() {

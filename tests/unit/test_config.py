@@ -29,9 +29,10 @@ def test_demo_site_loads_and_builds():
         "anomaly",
         "alarm",
         "kpi",
+        "state",
         "inference",
     ]
-    assert all(m.path.is_file() for m in site.operators[5].models)
+    assert all(m.path.is_file() for m in site.operators[6].models)
     build_flow(site)
 
 

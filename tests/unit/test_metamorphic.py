@@ -29,7 +29,7 @@ from typing_extensions import override
 from flows.build import Build, build_flow
 from flows.config import parse_site
 from flows.registry import InputModel, SinkModel, component, components, load_components, register
-from simulators.site import EnergySite, Fault
+from simulators.site import EnergySite, Fault, SiteLayout
 from wire.records import PointBatch
 
 START_MS = 1_780_300_800_000  # 2026-06-01T08:00Z
@@ -40,6 +40,7 @@ NOT_STREAM_OPERATORS = {"custom"}  # user code: its author's contract, not ours
 def _arrivals() -> list[tuple[int, PointBatch]]:
     """The canonical arrival sequence: ``(arrival ms, one-tick batch)`` pieces in order."""
     site = EnergySite(
+        layout=SiteLayout(production_line=True),
         start_ms=START_MS,
         seed=11,
         faults=(
@@ -52,6 +53,7 @@ def _arrivals() -> list[tuple[int, PointBatch]]:
             Fault(kind="efficiency_drop", asset="inv-02", start_s=600, duration_s=900),
             Fault(kind="bad_quality", asset="bess-01", start_s=2000, duration_s=60),
             Fault(kind="stuck_sensor", asset="inv-02", start_s=2100, duration_s=240),
+            Fault(kind="machine_fault", asset="press-01", start_s=400, duration_s=150),
         ),
     )
     rng = np.random.default_rng(5)

@@ -1,0 +1,1 @@
+"""Machine states: named states per machine, as episodes with start, end and duration."""
