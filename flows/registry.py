@@ -87,6 +87,7 @@ BUILTINS: tuple[str, ...] = (
     "operators.kpi.plugin",
     "operators.inference.plugin",
     "operators.state.plugin",
+    "operators.percentiles.plugin",
     "operators.custom.plugin",
     "reports.plugin",
 )

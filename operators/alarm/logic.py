@@ -3,7 +3,9 @@
 A high alarm raises when the value goes above ``limit`` and clears only when it falls to
 ``limit - deadband`` or below; a low alarm mirrors that. Between the two thresholds the
 alarm keeps its state, so a value hovering at the limit cannot produce an alarm storm.
-Points are evaluated per tag in time order; the state is kept across batches.
+Points are evaluated per tag in arrival order; a point not newer than every earlier point of
+its tag is skipped (counted in ``skipped``), so the events are the same for any batching and
+any interleaving of sources. The state is kept across batches.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ConfigDict
 
-from operators._state import PickleCopy, TableCache, TagRegistry, tag_matches
+from operators._state import PickleCopy, TableCache, TagRegistry, tag_matches, tag_order
 from operators.errors import RuleError
 from wire.records import Event, PointBatch, TagRef
 
@@ -89,6 +91,10 @@ class AlarmEngine(PickleCopy):
         self._raised: dict[str, npt.NDArray[np.bool_]] = {
             r.id: np.zeros(0, np.bool_) for r in rules
         }
+        self._newest: dict[str, npt.NDArray[np.int64]] = {
+            r.id: np.empty(0, np.int64) for r in rules
+        }
+        self.skipped: dict[str, int] = {}
         self._luts: dict[str, TableCache[npt.NDArray[np.int64]]] = {
             r.id: TableCache(partial(self._rule_lut, r)) for r in rules
         }
@@ -132,11 +138,20 @@ class AlarmEngine(PickleCopy):
             raised = self._raised[rule.id] = np.r_[
                 raised, np.zeros(len(self._reg) - len(raised), np.bool_)
             ]
-        gid = gid_all[sel]
-        ts = batch.ts_ms[sel]
-        v = batch.value[sel]
-        order = np.lexsort((ts, gid))
-        gid, ts, v = gid[order], ts[order], v[order]
+        newest = self._newest[rule.id]
+        if len(newest) < len(self._reg):
+            newest = self._newest[rule.id] = np.r_[
+                newest, np.full(len(self._reg) - len(newest), -1, np.int64)
+            ]
+        # Per tag in arrival order: a point not newer than every earlier point of its tag is
+        # skipped (counted), so the alarm state never depends on how points were batched.
+        o = tag_order(gid_all[sel], batch.ts_ms[sel], newest)
+        fresh = o.ts > o.before
+        if not fresh.all():
+            self.skipped[rule.id] = self.skipped.get(rule.id, 0) + int((~fresh).sum())
+        gid, ts, v = o.gid[fresh], o.ts[fresh], batch.value[sel][o.order][fresh]
+        if not len(gid):
+            return []
         start = np.r_[True, gid[1:] != gid[:-1]]
         initial = raised[gid[start]]
         if rule.direction == "high":
@@ -146,6 +161,7 @@ class AlarmEngine(PickleCopy):
         state = hysteresis(v, start, initial, set_mask=set_mask, reset_mask=reset_mask)
         ends = np.r_[np.flatnonzero(start)[1:], len(gid)] - 1
         raised[gid[ends]] = state[ends]
+        newest[gid[ends]] = ts[ends]
         prev = np.r_[False, state[:-1]]
         prev[start] = initial
         events = []

@@ -3,6 +3,7 @@ import pytest
 
 from operators.alarm.logic import AlarmEngine, AlarmRule, hysteresis
 from operators.errors import RuleError
+from tests.unit.points import batch_at
 from wire.records import PointBatch, TagRef
 
 T1 = TagRef("e/s/pv/a1/inv-01/temperature", "C")
@@ -13,14 +14,7 @@ LOW = AlarmRule("low-soc", "soc", limit=10, deadband=5, direction="low", severit
 
 
 def batch(rows):
-    tags = tuple(dict.fromkeys(r[0] for r in rows))
-    return PointBatch(
-        tags,
-        [tags.index(r[0]) for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [0] * len(rows),
-    )
+    return batch_at(0, rows)
 
 
 def run(rule, values, tag=T1):
@@ -57,10 +51,21 @@ def test_state_survives_batches_and_tags_are_independent():
     assert "back to 79 C" in e3[0].message
 
 
-def test_out_of_order_points_are_evaluated_in_time_order():
-    eng = AlarmEngine((HIGH,))
-    events = eng.process(batch([(T1, 2, 70.0), (T1, 1, 90.0), (T1, 0, 70.0)]))
-    assert [(e.state, e.ts_ms) for e in events] == [("raised", 1), ("cleared", 2)]
+@pytest.mark.parametrize(
+    ("rows", "expected", "skipped"),
+    [
+        # Points older than their tag's newest are skipped, in one batch as across batches.
+        ([(2, 70.0), (1, 90.0), (0, 70.0)], [], 2),
+        ([(0, 70.0), (2, 90.0), (1, 70.0), (3, 70.0)], [("raised", 2), ("cleared", 3)], 1),
+    ],
+)
+def test_points_are_judged_per_tag_in_arrival_order_whatever_the_batching(rows, expected, skipped):
+    whole = AlarmEngine((HIGH,))
+    assert [(e.state, e.ts_ms) for e in whole.process(batch([(T1, *r) for r in rows]))] == expected
+    assert whole.skipped.get(HIGH.id, 0) == skipped
+    one_by_one = AlarmEngine((HIGH,))
+    got = [e for r in rows for e in one_by_one.process(batch([(T1, *r)]))]
+    assert [(e.state, e.ts_ms) for e in got] == expected
 
 
 def test_hysteresis_kernel_both_set_and_reset_counts_as_set():
@@ -83,7 +88,7 @@ def test_negative_deadband_refused():
 def test_historical_values_never_raise_live_alarms():
     import numpy as np
 
-    from wire.records import PointBatch, TagRef
+    from wire.records import TagRef
 
     ref = TagRef("e/s/a/l/m/temp", "C")
     batch = PointBatch(

@@ -2,6 +2,7 @@ import pytest
 
 from operators.anomaly.logic import AnomalyDetector, AnomalyRule, Gate
 from operators.errors import RuleError
+from tests.unit.points import batch_at
 from wire.records import PointBatch, TagRef
 
 SOC = TagRef("e/s/storage/bess/b1/soc", "%")
@@ -13,14 +14,7 @@ T0 = 1_767_225_600_000
 
 
 def batch(rows):
-    tags = tuple(dict.fromkeys(r[0] for r in rows))
-    return PointBatch(
-        tags,
-        [tags.index(r[0]) for r in rows],
-        [T0 + r[1] for r in rows],
-        [r[2] for r in rows],
-        [0] * len(rows),
-    )
+    return batch_at(T0, rows)
 
 
 def series(tag, values, step_ms=1000, start_ms=0):
@@ -298,7 +292,7 @@ def test_disordered_stream_gives_the_same_events_for_any_batching(rule, seed):
 def test_historical_values_are_not_judged_by_live_anomaly_rules():
     import numpy as np
 
-    from wire.records import PointBatch, TagRef
+    from wire.records import TagRef
 
     ref = TagRef("e/s/a/l/m/load", "kW")
     rule = AnomalyRule("spike", "spike", "load", lookback_ms=60_000, factor=2.0)

@@ -219,6 +219,12 @@ def _sample(type_: str) -> dict[str, Any]:
         # for any interleaving within max_source_lag_ms (with 20 minutes, KPI events differ).
         # Windows older than that are final and settle while the run goes on.
         entry["max_source_lag_ms"] = 35 * 60_000
+    if type_ == "alarm":
+        # The harness's morning over-temperature fault peaks at 73 C: the sample's 85 C limit
+        # would never be crossed here, and the case would test nothing.
+        for rule in entry["rules"]:
+            if rule["id"] == "inverter-over-temperature":
+                rule["limit"] = 65
     if type_ == "anomaly":
         # The same schedule: a gate (when:) on the other source's tags may lag that far.
         for rule in entry["rules"]:
@@ -269,6 +275,7 @@ def run_case(type_: str, seed: int) -> dict[str, Any]:
         },
         base_dir=Path.cwd(),
     )
+    CAPTURED.clear()  # a stream this chain does not emit must not show an earlier case's rows
     for name in streams:
         CAPTURED[name] = []
     run_main(build_flow(site, name="metamorphic"))
@@ -324,7 +331,7 @@ def test_every_operator_gives_the_same_output_for_any_batching_and_interleaving(
     type_, seed, references
 ):
     want = references[type_]
-    assert any(want[s] for s in ("aggregates", "events", "kpis")), "the case must exercise it"
+    assert any(want.get(s) for s in ("aggregates", "events", "kpis")), "the case must exercise it"
     if type_ == "anomaly":
         # Gated rules must fire in the reference, or their gating would go untested here.
         fired = {json.loads(e)["rule"] for e in want["events"]}

@@ -8,7 +8,8 @@ import pytest
 from operators.errors import RuleError
 from operators.state.logic import StateMap, StateTracker
 from operators.state.oee import OeeConfig, counter_increments, state_durations
-from wire.records import Event, Kpi, PointBatch, TagRef
+from tests.unit.points import batch_at
+from wire.records import Event, Kpi, TagRef
 
 T0 = 1_780_304_400_000  # 2026-06-01T09:00:00Z, on a 15-minute boundary
 M = "acme/s1/production/line-1/press-01"
@@ -17,14 +18,7 @@ CODES = {1: "run", 2: "idle", 3: "fault", 0: "off"}
 
 
 def batch(rows):
-    tags = tuple(dict.fromkeys(r[0] for r in rows))
-    return PointBatch(
-        tags,
-        [tags.index(r[0]) for r in rows],
-        [T0 + r[1] for r in rows],
-        [r[2] for r in rows],
-        [0] * len(rows),
-    )
+    return batch_at(T0, rows)
 
 
 def episodes(events):
