@@ -256,8 +256,41 @@ def aggregate_check() -> dict[str, Any]:
     return {"worst_relative_error": worst, "energy": energy}
 
 
+def percentile_check() -> dict[str, Any]:
+    """Hourly and daily p50/p95/p99 of every turbine's power through edgeflow, against pandas."""
+    from operators.percentiles.logic import PercentileWindows, quantile_name
+
+    qs = (0.5, 0.95, 0.99)
+    pw = PercentileWindows(
+        tags="*/P_avg", window_ms=_H, rollup_ms=(86_400_000,), quantiles=qs, allowed_lateness_ms=0
+    )
+    rows = []
+    for batch in _batches(RECORDING):
+        rows += pw.process(batch)[0]
+    rows += pw.flush()
+    ours = {(k.path.split("/")[-2], k.name, k.window_ms, k.start_ms): k.value for k in rows}
+    df = load()
+    worst, compared = 0.0, 0
+    for size in (_H, 86_400_000):
+        d = df[df["P_avg"].notna()]
+        ref = d.groupby(["Wind_turbine_name", d["t_ms"] // size * size])["P_avg"].quantile(qs)
+        for (turbine, start, q), want in ref.items():
+            got = ours[(str(turbine), quantile_name(q), size, int(start))]
+            worst = max(worst, abs(got - want) / max(abs(want), 1.0))
+            compared += 1
+    return {"worst_relative_error": worst, "compared": compared, "rows": len(ours)}
+
+
 def main() -> None:
-    print(json.dumps({"aggregates": aggregate_check(), "detection": detection()}))
+    print(
+        json.dumps(
+            {
+                "aggregates": aggregate_check(),
+                "percentiles": percentile_check(),
+                "detection": detection(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -339,8 +339,8 @@ def build_flow(site: SiteBase, *, out_dir: Path | None = None, name: str = "edge
     for i, step in enumerate(getattr(site, "operators", ())):
         into = b.points
         located(f"operators.{i}", builder("operator", step))
-        if b.points is not into:  # it changes the points: count what goes in and out
-            op.inspect(f"{step.id}_metrics_in", into, partial(_count_points, OPERATOR_IN, step.id))
+        op.inspect(f"{step.id}_metrics_in", into, partial(_count_points, OPERATOR_IN, step.id))
+        if b.points is not into:  # it passes points on (validate): count what goes out
             op.inspect(
                 f"{step.id}_metrics_out", b.points, partial(_count_points, OPERATOR_OUT, step.id)
             )

@@ -11,7 +11,8 @@ topic on the broker, so a screen that connects later shows the current values at
 Like the database sinks the rows are spooled first and a thread publishes them
 (:mod:`connectors._spooled`): a broker that is away only makes the spool grow, a batch is
 acknowledged once every message of it is (QoS 1 PUBACK), and the flow never waits. The broker
-is the plant's own: publishing does not depend on the Kafka uplink.
+is the plant's own: publishing does not depend on the Kafka uplink. With ``sparkplug`` the
+rows are published as a Sparkplug B edge node (:mod:`connectors.mqtt.sparkplug_out`).
 """
 
 from __future__ import annotations
@@ -28,22 +29,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import override
 
 from connectors._spool import Spool
 from connectors._spool_options import SpoolOptions
 from connectors._spooled import Outage, Report, Spooled, SpoolSettings, Writer
 from connectors.mqtt.config import MqttConnection
+from connectors.mqtt.sparkplug_out import SparkplugNode
 from flows.logs import reveal
 from flows.registry import SinkModel
+from wire.records import now_ms
+from wire.sparkplug.codec import SparkplugError, decode
 
-__all__ = ["MqttDelivery", "MqttSinkConfig", "spooled", "topic_for"]
+__all__ = ["MqttDelivery", "MqttSinkConfig", "SparkplugOutput", "spooled", "topic_for"]
 
 log = logging.getLogger(__name__)
 
 _LEVELS = ("enterprise", "site", "area", "line", "machine")
 _FIELDS = (*_LEVELS, "tag", "stream")
+
+
+class SparkplugOutput(BaseModel):
+    """The Sparkplug B identity of the sink: group and edge node (see sparkplug_out)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str = Field(pattern=r"^[^/+#\s]+$")
+    edge_node: str = Field(pattern=r"^[^/+#\s]+$")
 
 
 class MqttSinkConfig(SinkModel, MqttConnection, SpoolOptions):
@@ -59,6 +72,9 @@ class MqttSinkConfig(SinkModel, MqttConnection, SpoolOptions):
         "aggregates",
         "events",
         "kpis",
+    )
+    sparkplug: SparkplugOutput | None = Field(
+        default=None, description="publish as a Sparkplug B edge node instead of JSON topics"
     )
     timeout_s: float = Field(default=10.0, gt=0, description="wait this long for a batch's acks")
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -106,6 +122,10 @@ class MqttDelivery(Writer):
         self.client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.why = ""
+        # Sparkplug: the node's births, data and death; bdSeq counts this sink's sessions.
+        self.node: SparkplugNode | None = None
+        self.node_lock = threading.Lock()
+        self.sessions = 0
 
     def _connect(self) -> mqtt.Client:
         if self.client is not None and self.connected.is_set():
@@ -125,6 +145,10 @@ class MqttDelivery(Writer):
             c.max_queued_messages_set(0)
             c.on_connect = self._on_connect
             c.on_disconnect = self._on_disconnect
+            if cfg.sparkplug is not None:
+                self.node = self._node(cfg.sparkplug)
+                c.will_set(*self.node.death(now_ms()), qos=1, retain=False)
+                c.on_message = self._on_command
             self.client = c
             try:
                 c.connect(cfg.host, cfg.port, keepalive=30)
@@ -144,7 +168,38 @@ class MqttDelivery(Writer):
             self.why = f"broker refused the connection: {reason}"
             return
         self.why = ""
+        if self.node is not None:
+            # Births first on every (re)connection, then rebirth requests are heard.
+            self._publish_births(_c)
+            _c.subscribe(self.node.topic("NCMD"), qos=1)
         self.connected.set()
+
+    def _node(self, sp: SparkplugOutput) -> SparkplugNode:
+        # A new session: a new bdSeq, the metrics (and their aliases) the node already knew.
+        self.sessions += 1
+        known = self.node
+        node = SparkplugNode(sp.group, sp.edge_node, bd_seq=(self.sessions - 1) % 256)
+        if known is not None:
+            node.adopt(known)
+        return node
+
+    def _publish_births(self, client: mqtt.Client) -> None:
+        if self.node is None:
+            return
+        with self.node_lock:
+            for topic, payload in self.node.births(now_ms()):
+                client.publish(topic, payload, 0, False)
+
+    def _on_command(self, _c: Any, _u: Any, msg: Any) -> None:
+        """NCMD ``Node Control/Rebirth``: publish the births again."""
+        try:
+            metrics = decode(msg.payload).metrics
+        except SparkplugError:
+            log.warning("%s: undecodable NCMD on %s ignored", self.cfg.id, msg.topic)
+            return
+        if any(m.name == "Node Control/Rebirth" and m.value for m in metrics):
+            log.info("%s: rebirth requested", self.cfg.id)
+            self._publish_births(_c)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
         self.connected.clear()
@@ -158,14 +213,31 @@ class MqttDelivery(Writer):
             c.disconnect()
             c.loop_stop()
 
+    def _messages(
+        self, rows: list[tuple[str, dict[str, Any]]]
+    ) -> list[tuple[str, bytes, int, bool]]:
+        cfg = self.cfg
+        if self.node is None:
+            return [
+                (
+                    topic_for(cfg.topic, stream, row),
+                    json.dumps(_nulls(row), default=str, allow_nan=False).encode(),
+                    cfg.qos,
+                    cfg.retain,
+                )
+                for stream, row in rows
+            ]
+        # Sparkplug B: births and data with QoS 0, never retained (the specification's rule).
+        with self.node_lock:
+            return [(t, p, 0, False) for t, p in self.node.data(rows, now_ms())]
+
     @override
     def deliver(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         c = self._connect()
         cfg = self.cfg
         infos = []
-        for stream, row in rows:
-            payload = json.dumps(_nulls(row), default=str, allow_nan=False)
-            info = c.publish(topic_for(cfg.topic, stream, row), payload, cfg.qos, cfg.retain)
+        for topic, payload, qos, retain in self._messages(rows):
+            info = c.publish(topic, payload, qos, retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 msg = f"publish failed: {mqtt.error_string(info.rc)}"
                 raise Outage(msg)

@@ -8,10 +8,11 @@ interpolation between the two nearest ranks, as ``numpy.quantile`` and pandas co
 exact for every size: a rollup's values are kept until it closes, so its memory is the
 rollup's length times the tag's sampling rate (15 minutes at 1 Hz: 900 values per tag).
 
-A window of a tag closes when that tag has a point ``allowed_lateness_ms`` past its end (or
-at the end of the input). A point for a window of its tag that already closed is late: it
-goes to ``late`` with the reason. Both are decided from each tag's own points in arrival
-order, so rows and late points are the same for any batching and interleaving of sources.
+Missing values (NaN) take no part. A window of a tag closes when that tag has a point
+``allowed_lateness_ms`` past its end (or at the end of the input). A point for a window of
+its tag that already closed is late: it goes to ``late`` with the reason. Both are decided
+from each tag's own points in arrival order, so rows and late points are the same for any
+batching and interleaving of sources.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class PercentileWindows(PickleCopy):
         if not len(batch):
             return [], batch.select(np.zeros(0, np.bool_))
         gid = self._luts.get(batch.tags)[batch.tag_idx]
-        sel = gid >= 0
+        sel = (gid >= 0) & ~np.isnan(batch.value)  # a missing value has no rank
         live = batch.live()
         if live is not None:
             sel &= live

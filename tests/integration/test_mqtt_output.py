@@ -22,20 +22,38 @@ from connectors.mqtt.output import topic_for
 from tests.browser import Browser
 from tests.conftest import require_port
 from tests.faults import wait_until
+from tests.interop.servers import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _broker(endpoints) -> list[str]:
+    return ["-h", endpoints.mqtt_host, "-p", str(endpoints.mqtt_port)]
+
+
 def _sub(endpoints, topic: str, *args: str, out: Path | None = None) -> subprocess.Popen[str]:
     """Start mosquitto_sub on the plain listener (``-v``: topic and payload per line)."""
-    cmd = ["mosquitto_sub", "-h", endpoints.mqtt_host, "-p", str(endpoints.mqtt_port)]
     return subprocess.Popen(
-        [*cmd, "-q", "1", "-t", topic, "-v", *args],
+        ["mosquitto_sub", *_broker(endpoints), "-q", "1", "-t", topic, "-v", *args],
         stdout=subprocess.PIPE if out is None else out.open("w"),
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _subscribed(endpoints, prefix: str, out: Path) -> None:
+    """Return once the subscriber writing ``out`` receives ``{prefix}/_probe`` (it is live)."""
+
+    def probe() -> bool:
+        subprocess.run(
+            ["mosquitto_pub", *_broker(endpoints), "-t", f"{prefix}/_probe", "-m", "{}"],
+            check=True,
+            timeout=30,
+        )
+        return "/_probe " in out.read_text()
+
+    wait_until(probe, timeout_s=30, what="the subscriber to be subscribed", every_s=0.2)
 
 
 def _messages(out: str) -> list[tuple[str, dict[str, Any]]]:
@@ -46,7 +64,9 @@ def _messages(out: str) -> list[tuple[str, dict[str, Any]]]:
     return got
 
 
-def test_results_reach_an_independent_subscriber_over_tls_with_a_password(endpoints, tmp_path):
+def test_results_reach_an_independent_subscriber_over_tls_while_the_uplink_is_down(
+    endpoints, tmp_path
+):
     require_port(endpoints.mqtt_host, endpoints.mqtt_port, "mosquitto")
     require_port(endpoints.mqtt_host, endpoints.mqtt_tls_port, "mosquitto (TLS)")
     enterprise = f"e{uuid.uuid4().hex[:8]}"
@@ -94,11 +114,19 @@ def test_results_reach_an_independent_subscriber_over_tls_with_a_password(endpoi
                 "streams": ["aggregates", "events"],
             },
             {"type": "file", "dir": str(tmp_path / "out"), "streams": ["aggregates", "events"]},
+            # The uplink is down for the whole run: its rows wait in its spool.
+            {
+                "type": "kafka",
+                "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"},
+                "topics": {"aggregates": "edgeflow.aggregates"},
+                "close_timeout_s": 1,
+            },
         ],
     }
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
     received_file = tmp_path / "received.txt"
     live = _sub(endpoints, f"{enterprise}/#", out=received_file)
+    _subscribed(endpoints, enterprise, received_file)
     try:
         run = subprocess.run(
             [sys.executable, "-m", "bytewax.run", "flows.edge"],
@@ -113,22 +141,28 @@ def test_results_reach_an_independent_subscriber_over_tls_with_a_password(endpoi
             text=True,
             timeout=180,
         )
-        assert run.returncode == 0, run.stderr[-3000:]
+        # The run says the uplink's rows were kept and exits non-zero; the screens got theirs.
+        assert run.returncode != 0
+        assert "were not delivered within 1 s" in run.stderr, run.stderr[-3000:]
         want = [
             (stream, _nulls(json.loads(line)))
             for stream in ("aggregates", "events")
             for line in (tmp_path / "out" / f"{stream}.jsonl").read_text().splitlines()
-            # The MQTT sink's own connection events come after its subscription.
-            if json.loads(line).get("kind") != "source"
+            # The MQTT sink's own connection events come after its subscription (the Kafka
+            # uplink's source_down reaches the screens like any event).
+            if json.loads(line).get("rule") != "mqtt-out"
         ]
         assert any(s == "events" for s, _ in want), "the case must raise an event"
         # Every row, on its ISA-95 topic, as the subscriber read it (QoS 1: at least once).
         wait_until(
-            lambda: received_file.read_text().count("\n") >= len(want),
+            lambda: (
+                received_file.read_text().count("\n") - received_file.read_text().count("/_probe ")
+                >= len(want)
+            ),
             timeout_s=30,
             what=f"{len(want)} messages at the subscriber",
         )
-        got = _messages(received_file.read_text())
+        got = [m for m in _messages(received_file.read_text()) if not m[0].endswith("/_probe")]
     finally:
         live.kill()
     expected = {
@@ -141,6 +175,7 @@ def test_results_reach_an_independent_subscriber_over_tls_with_a_password(endpoi
     assert f"{enterprise}/s1/load/lv-panel/panel-01/_edgeflow/events/active_power" in {
         t for t, _ in got
     }
+    assert any(r.get("state") == "source_down" and r.get("rule") == "kafka" for _, r in got)
     # Retained: a screen that connects now gets the newest row of a topic at once.
     topic = f"{enterprise}/s1/pv/array-1/inv-01/_edgeflow/aggregates/ac_power"
     late = _sub(endpoints, topic, "-C", "1", "-W", "10")
@@ -222,3 +257,141 @@ def test_a_browser_page_shows_what_the_sink_publishes_over_websockets(endpoints,
 # Each table row as [topic, class, value, time].
 ROWS = """[...document.querySelectorAll('#rows tr')].map(
   tr => [tr.dataset.topic, tr.className, tr.cells[1].textContent, tr.cells[2].textContent])"""
+
+
+def _decode_sparkplug(text: str) -> list[dict[str, Any]]:
+    """Decode ``mosquitto_sub -F '%t %x'`` lines with Eclipse Tahu's JavaScript decoder."""
+    done = subprocess.run(
+        ["node", str(ROOT / "tests" / "interop" / "sparkplug_decode.js")],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    decoded: list[dict[str, Any]] = json.loads(done.stdout)
+    return decoded
+
+
+def test_sparkplug_output_births_data_rebirth_and_death_read_by_an_independent_decoder(
+    endpoints, tmp_path
+):
+    from connectors.mqtt.output import MqttSinkConfig, spooled
+
+    require_port(endpoints.mqtt_host, endpoints.mqtt_port, "mosquitto")
+    group = f"g{uuid.uuid4().hex[:8]}"
+    cfg = MqttSinkConfig(
+        type="mqtt",
+        host=endpoints.mqtt_host,
+        port=endpoints.mqtt_port,
+        client_id=f"sp-{group}",
+        sparkplug={"group": group, "edge_node": "edge1"},
+    )
+    received = tmp_path / "received.txt"
+    sub = _sub(endpoints, f"spBv1.0/{group}/#", "-F", "%t %x", out=received)
+    _subscribed(endpoints, f"spBv1.0/{group}", received)
+    path = "acme/s1/pv/array-1/inv-01/ac_power"
+    t0 = 1_780_304_400_000
+    aggs = [
+        (
+            "aggregates",
+            {
+                "path": path,
+                "window": "1m",
+                "window_ms": 60_000,
+                "start_ms": t0 + k * 60_000,
+                "unit": "kW",
+                "mean": 40.0 + k,
+                "min": 30.0 + k,
+                "max": 50.0 + k,
+                "energy": 0.5 + k,
+                "energy_unit": "kWh",
+            },
+        )
+        for k in range(2)
+    ]
+    event = (
+        "events",
+        {"path": path, "kind": "alarm", "rule": "hot", "ts_ms": t0 + 5000, "state": "raised"},
+    )
+    step = spooled(cfg, tmp_path / "spool")
+    try:
+        step.on_batch([*aggs, event])
+
+        def lines(n: int) -> bool:
+            return received.read_text().count("\n") >= n
+
+        wait_until(lambda: lines(3), timeout_s=30, what="NBIRTH, DBIRTH and DDATA")
+        # A host application asks for a rebirth (NCMD encoded by the independent library).
+        rebirth = subprocess.run(
+            ["node", str(ROOT / "tests" / "interop" / "sparkplug_decode.js"), "--rebirth"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        (tmp_path / "ncmd.bin").write_bytes(bytes.fromhex(rebirth))
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                *_broker(endpoints),
+                "-q",
+                "1",
+                "-t",
+                f"spBv1.0/{group}/NCMD/edge1",
+                "-f",
+                str(tmp_path / "ncmd.bin"),
+            ],
+            check=True,
+            timeout=30,
+        )
+        wait_until(
+            lambda: received.read_text().count("/DBIRTH/") >= 2,
+            timeout_s=30,
+            what="NBIRTH and DBIRTH again",
+        )
+        # Another client taking over the sink's client id cuts its session uncleanly: the
+        # broker publishes the will, the node's NDEATH.
+        subprocess.run(
+            ["mosquitto_sub", *_broker(endpoints), "-i", cfg.client_id, "-t", "x/none", "-W", "1"],
+            capture_output=True,
+            timeout=30,
+        )
+        wait_until(lambda: "/NDEATH/" in received.read_text(), timeout_s=30, what="NDEATH")
+    finally:
+        step.on_eof()
+        sub.kill()
+    lines = [x for x in received.read_text().splitlines(keepends=True) if "/_probe " not in x]
+    got = [m for m in _decode_sparkplug("".join(lines)) if "/NCMD/" not in m["topic"]]
+    kinds = [m["topic"].split("/")[2] for m in got]
+    assert kinds[:5] == ["NBIRTH", "DBIRTH", "DDATA", "NBIRTH", "DBIRTH"]
+    assert "NDEATH" in kinds
+    nbirth, dbirth, ddata = got[0]["payload"], got[1]["payload"], got[2]["payload"]
+    assert got[1]["topic"] == f"spBv1.0/{group}/DBIRTH/edge1/pv.array-1.inv-01"
+    # seq counts the node's messages from its birth; bdSeq ties the death to this session.
+    assert [p["payload"]["seq"] for p in got[:3]] == ["0", "1", "2"]
+    node_metrics = {m["name"]: m for m in nbirth["metrics"]}
+    assert node_metrics["Node Control/Rebirth"]["value"] is False
+    death = next(m["payload"] for m in got if "/NDEATH/" in m["topic"])
+    assert death["metrics"][0]["value"] == node_metrics["bdSeq"]["value"]
+    # The birth names every metric with its alias, type and unit; data uses the aliases.
+    born = {m["name"]: m for m in dbirth["metrics"]}
+    assert set(born) == {
+        "ac_power/1m/mean",
+        "ac_power/1m/min",
+        "ac_power/1m/max",
+        "ac_power/1m/energy",
+        "events/alarm/hot/ac_power",
+    }
+    assert born["ac_power/1m/mean"]["type"] == "Double"
+    assert born["ac_power/1m/mean"]["properties"]["engUnit"]["value"] == "kW"
+    assert born["ac_power/1m/energy"]["properties"]["engUnit"]["value"] == "kWh"
+    name_of = {m["alias"]: name for name, m in born.items()}
+    values = [(name_of[m["alias"]], m["value"], int(m["timestamp"]) - t0) for m in ddata["metrics"]]
+    assert all("name" not in m for m in ddata["metrics"])
+    assert sorted(values) == sorted(
+        [
+            (f"ac_power/1m/{f}", v + k, k * 60_000)
+            for k in range(2)
+            for f, v in (("mean", 40.0), ("min", 30.0), ("max", 50.0), ("energy", 0.5))
+        ]
+        + [("events/alarm/hot/ac_power", "raised", 5000)]
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.realdata import RECORDING, aggregate_check, detection
+from bench.realdata import RECORDING, aggregate_check, detection, percentile_check
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +45,10 @@ def test_rules_find_the_anomalies_injected_into_real_data(recording: None) -> No
     assert d["stale_all"] == {**d["stale_all"], "precision": 1.0, "recall": 1.0}
     # A backward-looking Hampel filter on gusty 10-minute wind: most spikes, many gust fronts.
     assert d["outlier"]["recall"] >= 0.9 and d["outlier"]["precision"] >= 0.1
+
+
+def test_hourly_and_daily_percentiles_of_two_years_match_pandas(recording: None) -> None:
+    r = percentile_check()
+    # p50, p95, p99 of every turbine's power in every hour and UTC day, all of them.
+    assert r["compared"] == r["rows"] > 4 * 3 * 17_000
+    assert r["worst_relative_error"] < 1e-12

@@ -10,6 +10,7 @@ and others) decode to plain values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -170,27 +171,29 @@ def decode(data: bytes) -> SpPayload:
 
 
 def encode(
-    metrics: list[tuple[str | None, int | None, str, Any]],
+    metrics: Sequence[tuple[str | None, int | None, str, Any]],
     *,
     seq: int | None,
     timestamp: int,
     units: dict[str, str] | None = None,
+    metric_timestamps: list[int] | None = None,
 ) -> bytes:
-    """Encode ``(name, alias, datatype name, value)`` metrics (simulators and tests).
+    """Encode ``(name, alias, datatype name, value)`` metrics.
 
-    ``units`` adds an ``engUnit`` property to the named metrics (births).
+    ``units`` adds an ``engUnit`` property to the named metrics (births);
+    ``metric_timestamps`` gives each metric its own time (default: the payload's).
     """
     p = Payload()
     p.timestamp = timestamp
     if seq is not None:
         p.seq = seq
-    for name, alias, dtype, value in metrics:
+    for i, (name, alias, dtype, value) in enumerate(metrics):
         m = p.metrics.add()
         if name is not None:
             m.name = name
         if alias is not None:
             m.alias = alias
-        m.timestamp = timestamp
+        m.timestamp = timestamp if metric_timestamps is None else metric_timestamps[i]
         code = _CODES[dtype]
         m.datatype = code
         if units and name in units:
