@@ -86,12 +86,13 @@ def _demo(tmp_path: Path, **changes) -> Path:
 
 def test_a_model_that_does_not_fit_its_features_is_a_config_error(tmp_path: Path):
     data = _demo_data()
-    inference = next(o for o in data["operators"] if o["type"] == "inference")
+    at = next(i for i, o in enumerate(data["operators"]) if o["type"] == "inference")
+    inference = data["operators"][at]
     inference["features"] = inference["features"][:3]
     site = _demo(tmp_path, operators=data["operators"])
     proc = run("-m", "bytewax.run", "flows.edge", env={"EDGEFLOW_SITE": str(site)}, cwd=tmp_path)
     assert_one_line_error(
-        proc, f"edgeflow: {site}: operators.5: model fault_probability expects 7 features"
+        proc, f"edgeflow: {site}: operators.{at}: model fault_probability expects 7 features"
     )
 
 
