@@ -56,12 +56,11 @@ def grouped_quantiles(group: I64, value: F64, qs: tuple[float, ...]) -> tuple[I6
 
 @dataclass
 class _Pending:
-    """One window size's values of open windows, and per tag the end of its last closed one."""
+    """One window size's values of open windows."""
 
     gid: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     ts: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     value: F64 = field(default_factory=lambda: np.empty(0, np.float64))
-    closed_to: I64 = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 @dataclass
@@ -75,6 +74,7 @@ class PercentileWindows(PickleCopy):
     allowed_lateness_ms: int = 5_000
     _reg: TagRegistry = field(default_factory=TagRegistry)
     _newest: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    _closed_to: I64 = field(default_factory=lambda: np.empty(0, np.int64))  # per tag, base
     _pending: dict[int, _Pending] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,8 +111,7 @@ class PercentileWindows(PickleCopy):
         if len(self._newest) < n:
             extra = n - len(self._newest)
             self._newest = np.r_[self._newest, np.full(extra, -(1 << 62), np.int64)]
-            for p in self._pending.values():
-                p.closed_to = np.r_[p.closed_to, np.full(extra, -(1 << 62), np.int64)]
+            self._closed_to = np.r_[self._closed_to, np.full(extra, -(1 << 62), np.int64)]
 
     def process(self, batch: PointBatch) -> tuple[list[Kpi], PointBatch]:
         """Add a batch; return the rows of windows now closed, and the late points."""
@@ -140,7 +139,7 @@ class PercentileWindows(PickleCopy):
         # rollups end no earlier, so the others are open in every size.
         start = ts - ts % self.window_ms
         closed = start + self.window_ms + self.allowed_lateness_ms <= newest_before
-        closed |= start + self.window_ms <= self._pending[self.window_ms].closed_to[g]
+        closed |= start + self.window_ms <= self._closed_to[g]
         late[idx[closed]] = True
         keep = ~closed
         for p in self._pending.values():
@@ -174,7 +173,8 @@ class PercentileWindows(PickleCopy):
         key = g * (1 << 42) + s  # tag ids above the time bits; epoch ms < 2**42
         keys, q = grouped_quantiles(key, v, self.quantiles)
         tags, starts = keys >> 42, keys & ((1 << 42) - 1)
-        np.maximum.at(p.closed_to, tags, starts + size)
+        if size == self.window_ms:
+            np.maximum.at(self._closed_to, tags, starts + size)
         counts = np.bincount(np.searchsorted(keys, key), minlength=len(keys))
         names = [quantile_name(x) for x in self.quantiles]
         out = []

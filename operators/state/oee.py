@@ -106,8 +106,8 @@ class _Series:
         return int(self.ts[-1]) if len(self.ts) else -1
 
     def add(self, ts: I64, value: F64) -> None:
-        fresh = ts > np.maximum.accumulate(np.r_[self.newest, ts])[:-1]
-        self.ts, self.value = np.r_[self.ts, ts[fresh]], np.r_[self.value, value[fresh]]
+        """Append samples that are newer than every earlier one (the tracker skips others)."""
+        self.ts, self.value = np.r_[self.ts, ts], np.r_[self.value, value]
 
     def keep_from(self, t: int) -> None:
         """Drop samples before ``t`` except the last one before it."""
@@ -130,7 +130,7 @@ class OeeMachine(PickleCopy):
     next_start: int | None = None
 
     def feed(self, which: str, ts: I64, value: F64) -> None:
-        """Add one tag's samples (``state``, ``count`` or ``other``) in arrival order."""
+        """Add one tag's fresh samples (``state``, ``count`` or ``other``), rising in time."""
         getattr(self, which).add(ts, value)
         if self.next_start is None and which == "state" and len(ts):
             self.next_start = int(ts.min()) // self.cfg.window_ms * self.cfg.window_ms
