@@ -208,10 +208,10 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
         now = time.monotonic()
         if now - self._lag_at < 1.0:
             return
-        self._lag_at = now
         tp = KafkaTopicPartition(self.src.topic, self.partition)
         _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-        if high is not None and high >= 0:
+        if high is not None and high >= 0:  # known once the consumer has fetched
+            self._lag_at = now
             lag = max(0, high - self.next_offset)
             KAFKA_LAG.labels(self.src.cfg.id, self.src.topic, str(self.partition)).set(lag)
 

@@ -20,6 +20,7 @@ from connectors.kafka.source import KafkaPointsSource
 from flows.backtest import backtest, final_rows
 from flows.build import build_flow
 from flows.config import DEMO_SITE, parse_site
+from flows.metrics import REGISTRY
 from tests.conftest import require_port
 from tests.integration.test_edge_flow import demo_config, read_jsonl
 from wire.records import to_ms
@@ -105,6 +106,13 @@ def test_all_points_reach_the_raw_topic_and_the_processor_matches_live(endpoints
         }
     )
     run_main(build_flow(parse_site(cfg, base_dir=DEMO_SITE.parent), name="process"))
+    # The processor exported its consumer lag per partition; at the end it read everything.
+    kafka_input = cfg["inputs"][0]
+    lag = REGISTRY.get_sample_value(
+        "edgeflow_kafka_consumer_lag_messages",
+        {"input": kafka_input.get("id", "kafka"), "topic": kafka_input["topic"], "partition": "0"},
+    )
+    assert lag is not None and lag >= 0
 
     live_raw = read_jsonl(live["out"] / "raw.jsonl")
     replay_raw = read_jsonl(tmp_path / "raw.jsonl")
