@@ -15,7 +15,8 @@ infra/local services run, Kafka replay against raw consumption (case 2), sink ro
 (case 4), the live 100k points/s edge flow with a raw Kafka sink (case 5,
 :mod:`bench.live_kafka`), the processor on 1, 2 workers and 2 processes (case 6,
 :mod:`bench.scale_out`), long histories from files and a topic with the backtest report's
-memory (case 7, :mod:`bench.history`) and protocol ingest (case 3, :mod:`bench.ingest`).
+memory (case 7, :mod:`bench.history`), many small sites' state and snapshot cost (case 8,
+:mod:`bench.many_sites`) and protocol ingest (case 3, :mod:`bench.ingest`).
 """
 
 from __future__ import annotations
@@ -170,14 +171,51 @@ def scale_out_case(quick: bool) -> None:
         return
     print(
         f"scale_out (case 6): {r['points']:,} points of {r['tags']:,} tags, 4 sites, "
-        "6 partitions, shard = line"
+        "6 partitions, shard = line (16 per site)"
     )
-    print(f"{'layout':<14} {'points/s':>12} {'speedup':>8} {'CPU s per process':>22}  peak MB")
+    print(
+        f"{'layout':<14} {'points/s':>12} {'speedup':>8} {'CPU s per process':>22}  "
+        "peak MB  shards  (speedup of each run)"
+    )
     for name in ("1 worker", "2 workers", "2 processes"):
         x = r[name]
         cpu = " + ".join(f"{c:.1f}" for c in x["cpu_s"])
         rss = " + ".join(f"{m:.0f}" for m in x["rss_mb"])
-        print(f"{name:<14} {x['per_s']:>12,.0f} {x['speedup']:>7.2f}x {cpu:>22}  {rss}")
+        shards = " + ".join(str(n) for n in x["shards"])
+        runs = ", ".join(f"{s:.2f}" for s in x["speedup_runs"])
+        print(
+            f"{name:<14} {x['per_s']:>12,.0f} {x['speedup']:>7.2f}x {cpu:>22}  {rss}  "
+            f"{shards}  ({runs})"
+        )
+    half = r["half"]
+    print(
+        f"{'half':<14} {'':>12} {'':>8} {half['cpu_s'][0]:>22.1f}  {half['rss_mb'][0]:.0f}  "
+        f"{half['shards'][0]}  (1 worker reading partitions 0-2: the memory reference)"
+    )
+    print(
+        f"median of {r['repeats']} runs, the layouts taking turns; goal on 2 cores: 2 processes "
+        f">= 1.60x; their peak RSS is {r['2 processes']['rss_vs_half']:.2f}x that of 1 worker "
+        "reading half the partitions (goal <= 1.2x)"
+    )
+
+
+def many_sites_case(quick: bool) -> None:
+    """Case 8: 50 and 500 small sites in one processor: state and snapshot cost per site."""
+    cmd = [sys.executable, "-m", "bench.many_sites"] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"{'many sites (case 8)':<20} {'points/s':>9} {'KB/site':>8} {'snapshot s':>11} "
+        f"{'half silent: KB/site active':>28} {'silent':>7}  {'fresh KB':>8}"
+    )
+    for x in r["runs"]:
+        a, h = x["all_active"], x["half_silent"]
+        print(
+            f"{x['sites']:>5} sites x 20 tags  {x['points_per_s']:>9,.0f} "
+            f"{a['bytes_per_site'] / 1024:>8.0f} {a['snapshot_s']:>11.2f} "
+            f"{h['active_bytes_per_site'] / 1024:>28.0f} {h['silent_bytes_per_site'] / 1024:>7.0f}"
+            f"  {x['fresh_state_bytes'] / 1024:>8.1f}"
+        )
 
 
 def history_case(quick: bool) -> None:
@@ -254,6 +292,7 @@ def main() -> None:
     service_cases(args.quick)
     live_kafka_case(args.quick)
     scale_out_case(args.quick)
+    many_sites_case(args.quick)
     history_case(args.quick)
     ingest_cases(args.quick)
     print(f"# total {time.perf_counter() - t0:.0f} s")

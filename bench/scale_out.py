@@ -10,7 +10,9 @@ replay: validate -> 1 min / 15 min aggregates -> anomaly rules) as
 - 2 processes, ``-i 0|1 -a "host:port;host:port"`` (bytewax's cluster on one host),
 
 and prints points/s (wall time from start to exit, less the start-up time of the same command
-on an empty topic) and the peak RSS of each process. Goal (issue 16): on 2 cores, 2 processes
+on an empty topic; the median of 3 runs, the layouts taking turns) and the peak RSS of each
+process, beside one worker reading half the partitions (the memory of the same share of the
+data as each process holds). Goal (issue 16): on 2 cores, 2 processes
 >= 1.6x the points/s of 1, memory per process within 1.2x of the single process's for the same
 share of the data.
 """
@@ -39,7 +41,9 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ("north", "south", "east", "west")
-LINES = 4
+# 16 lines per site: 64 shards. bytewax places a key's state by a hash of the key, so with
+# few shards one worker gets more than half (4 lines: 11 of 16 shards, 1.28x; see README).
+LINES = int(os.environ.get("EDGEFLOW_BENCH_LINES", "16"))
 
 
 def _tags(machines_per_site: int) -> tuple[tuple[TagRef, ...], np.ndarray]:
@@ -171,47 +175,85 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def measure(bootstrap: str, *, machines_per_site: int, seconds: int) -> dict[str, Any]:
-    """Fill a topic, run the three layouts on it (and on an empty topic); return the numbers."""
+def _median(xs: list[float]) -> float:
+    return float(np.median(np.asarray(xs)))
+
+
+def measure(
+    bootstrap: str, *, machines_per_site: int, seconds: int, repeats: int
+) -> dict[str, Any]:
+    """Fill a topic, run the layouts on it (and on an empty topic); return the numbers.
+
+    Each layout runs ``repeats`` times, the layouts taking turns (so a slow spell of the
+    machine hits them alike); points/s is the median. ``half`` is one worker reading half the
+    partitions (the site-file ``partitions`` setting): the memory reference for the same share
+    of the data as each of the 2 processes holds.
+    """
     full, empty = _topic(bootstrap), _topic(bootstrap)
     points = fill(bootstrap, full, machines_per_site=machines_per_site, seconds=seconds)
     a, b = _free_ports(2)
     cluster = f"127.0.0.1:{a};127.0.0.1:{b}"
-    layouts = {
-        "1 worker": [[]],
-        "2 workers": [["-w", "2"]],
-        "2 processes": [["-i", "0", "-a", cluster], ["-i", "1", "-a", cluster]],
+    layouts: dict[str, tuple[list[list[str]], tuple[int, ...] | None]] = {
+        "1 worker": ([[]], None),
+        "2 workers": ([["-w", "2"]], None),
+        "2 processes": ([["-i", "0", "-a", cluster], ["-i", "1", "-a", cluster]], None),
+        "half": ([[]], (0, 1, 2)),
     }
-    rows: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
     with tempfile.TemporaryDirectory(prefix="edgeflow-bench-scale-") as tmp:
-        for name, variants in layouts.items():
-            d = Path(tmp) / name.replace(" ", "-")
-            d.mkdir()
-            results = {}
-            for which, topic in (("empty", empty), ("full", full)):
-                site = d / f"{which}.yaml"
-                site.write_text(yaml.safe_dump(_site(bootstrap, topic, d / which)))
-                broker_before = _broker_cpu_s()
-                results[which] = _run(site, d, variants)
-                broker_after = _broker_cpu_s()
-            wall, rss, cpu = results["full"]
-            startup, _, startup_cpu = results["empty"]
-            rows[name] = {
-                "seconds": wall,
-                "startup_s": startup,
-                "per_s": points / max(wall - startup, 1e-9),
-                "rss_mb": rss,
-                "cpu_s": [c - startup_cpu[0] for c in cpu],
-                "broker_cpu_s": (
-                    None
-                    if broker_before is None or broker_after is None
-                    else broker_after - broker_before
-                ),
-            }
+        for rep in range(repeats):
+            for name, (variants, partitions) in layouts.items():
+                d = Path(tmp) / f"{name.replace(' ', '-')}-{rep}"
+                d.mkdir()
+                results = {}
+                broker = 0.0
+                for which, topic in (("empty", empty), ("full", full)):
+                    site = d / f"{which}.yaml"
+                    cfg = _site(bootstrap, topic, d / which)
+                    if partitions is not None:
+                        cfg["inputs"][0]["partitions"] = list(partitions)
+                    site.write_text(yaml.safe_dump(cfg))
+                    before = _broker_cpu_s()
+                    results[which] = _run(site, d, variants)
+                    after = _broker_cpu_s()
+                    if before is not None and after is not None:
+                        broker = after - before
+                wall, rss, cpu = results["full"]
+                startup, _, startup_cpu = results["empty"]
+                shards = [
+                    len({json.loads(line)["path"].rsplit("/", 2)[0] for line in f.open()})
+                    for f in sorted((d / "full").glob("aggregates*.jsonl"))
+                ]
+                runs[name].append(
+                    {
+                        "seconds": wall,
+                        "startup_s": startup,
+                        "per_s": points / max(wall - startup, 1e-9),
+                        "rss_mb": rss,
+                        "cpu_s": [c - startup_cpu[0] for c in cpu],
+                        "broker_cpu_s": broker,
+                        "shards": shards,
+                    }
+                )
+    rows: dict[str, Any] = {}
+    for name, rs in runs.items():
+        mid = sorted(rs, key=lambda r: r["per_s"])[len(rs) // 2]
+        rows[name] = {**mid, "per_s_runs": [r["per_s"] for r in rs]}
     base = rows["1 worker"]["per_s"]
     for r in rows.values():
         r["speedup"] = r["per_s"] / base
-    return {"case": "scale_out", "points": points, "tags": len(_tags(machines_per_site)[0]), **rows}
+        r["speedup_runs"] = [
+            x / y for x, y in zip(r["per_s_runs"], rows["1 worker"]["per_s_runs"], strict=True)
+        ]
+    half_rss = _median([r["rss_mb"][0] for r in runs["half"]])
+    rows["2 processes"]["rss_vs_half"] = max(rows["2 processes"]["rss_mb"]) / half_rss
+    return {
+        "case": "scale_out",
+        "points": points,
+        "tags": len(_tags(machines_per_site)[0]),
+        "repeats": repeats,
+        **rows,
+    }
 
 
 def main() -> None:
@@ -223,7 +265,10 @@ def main() -> None:
     )
     a = p.parse_args()
     r = measure(
-        a.bootstrap, machines_per_site=50 if a.quick else 250, seconds=300 if a.quick else 900
+        a.bootstrap,
+        machines_per_site=50 if a.quick else 250,
+        seconds=300 if a.quick else 900,
+        repeats=1 if a.quick else 3,
     )
     json.dump(r, sys.stdout)
     print()

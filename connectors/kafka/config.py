@@ -64,7 +64,17 @@ class KafkaInput(InputModel):
         default=None,
         description="read only these Kafka partitions (several processors on disjoint sets)",
     )
-    batch_size: int = Field(default=5000, gt=0)
+    batch_size: int = Field(
+        default=5000, gt=0, description="at most this many messages per batch of a partition"
+    )
+    batch_max_bytes: int = Field(
+        default=2 << 20,
+        gt=0,
+        description=(
+            "stop a partition's batch once its messages hold this many bytes (one message "
+            "at least): decoded batches in flight, hence memory, stay bounded"
+        ),
+    )
     connect_timeout_s: float = Field(default=10.0, gt=0)
 
     def history(self) -> History:

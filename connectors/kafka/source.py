@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,13 @@ def _consumer(config: dict[str, Any]) -> Consumer:
             "auto.offset.reset": "error",
             "isolation.level": "read_committed",
             "log_level": 0,
+            # librdkafka prefetches up to 64 MB per consumer (one per partition here): a
+            # replay of 6 partitions held ~400 MB of fetched messages. 16 MB is a quarter of
+            # that; with the default 1 s back-off after the queue fills, the fetch then
+            # stalled a one-partition replay to half speed, 10 ms keeps it ahead of decoding
+            # (`python -m bench.history`, day_kafka).
+            "queued.max.messages.kbytes": 16_384,
+            "fetch.queue.backoff.ms": 10,
             **config,
         }
     )
@@ -182,6 +190,7 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
         self._tags: tuple[TagRef, ...] = ()
         self.caught_up = False
         self._lag_at = 0.0
+        self._message_bytes = 1 << 20  # running estimate; the first chunk is one message
 
     def _deleted(self, first: int, low: int) -> None:
         """Report offsets deleted before they were read: a replay fails, a live reader goes on."""
@@ -224,7 +233,7 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
             raise StopIteration
         self._measure_lag()
         msgs = []
-        for m in self.consumer.consume(self.src.cfg.batch_size, timeout=0):
+        for m in self._fetched():
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -251,6 +260,31 @@ class _Partition(StatefulSourcePartition[PointBatch | DeadLetter, int]):
             return []
         self.caught_up = False
         return self._decode(msgs)
+
+    def _fetched(self) -> Iterator[Any]:
+        """Messages already fetched, up to ``batch_size`` messages or ``batch_max_bytes``.
+
+        A replay finds the whole prefetch queue ready (16 MB per partition): taken at once it
+        decoded into hundreds of MB per batch, and a 2-process cluster held such batches in
+        transit (measured: each process 1.37x the peak memory of one process reading the same
+        share; 1.10x with 2 MB batches). Far smaller batches cost one worker speed (the
+        operators' per-batch work).
+        """
+        cfg = self.src.cfg
+        left, size = cfg.batch_size, 0
+        while left > 0 and size < cfg.batch_max_bytes:
+            # As many as the budget left holds at the message size seen so far (taken
+            # messages cannot be put back): the batch ends near the budget, not far past it.
+            fits = (cfg.batch_max_bytes - size) // self._message_bytes
+            got = self.consumer.consume(max(1, min(left, fits)), timeout=0)
+            if not got:
+                return
+            left -= len(got)
+            for m in got:
+                n = len(m.value() or b"")
+                size += n
+                self._message_bytes = max(1, (self._message_bytes * 7 + n) // 8)
+                yield m
 
     def _decode(self, msgs: list[Any]) -> list[PointBatch | DeadLetter]:
         d = self.decoder.decode([m.key() for m in msgs], [m.value() for m in msgs])

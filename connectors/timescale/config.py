@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors._spool_options import SpoolOptions
@@ -136,6 +134,9 @@ class TimescaleSinkConfig(SinkModel, SpoolOptions):
     @field_validator("dsn")
     @classmethod
     def _parsable(cls, v: SecretStr) -> SecretStr:
+        import psycopg  # psycopg only where a PostgreSQL sink is configured (18 MB resident)
+        from psycopg.conninfo import conninfo_to_dict
+
         dsn = v.get_secret_value()
         try:
             conninfo_to_dict(dsn)
@@ -149,6 +150,8 @@ class TimescaleSinkConfig(SinkModel, SpoolOptions):
 
 def reveal_dsn(dsn: SecretStr) -> str:
     """Return the DSN for the client; its password is redacted from logs from now on."""
+    from psycopg.conninfo import conninfo_to_dict
+
     value = reveal(dsn)
     password = conninfo_to_dict(value).get("password")
     if password:

@@ -8,8 +8,6 @@ from connectors._spool_options import spool_home
 from connectors._spooled import spooled_output
 from connectors.timescale.config import TimescaleSinkConfig
 from connectors.timescale.policies import interval_ms
-from connectors.timescale.schema import TABLES
-from connectors.timescale.sink import spooled
 from flows.build import Build
 from flows.registry import register
 
@@ -25,6 +23,9 @@ __all__ = ["build"]
 )
 def build(cfg: TimescaleSinkConfig, b: Build) -> None:
     """Spool the subscribed streams' rows; a writer thread upserts them into their tables."""
+    # psycopg only in flows with this sink (18 MB resident otherwise).
+    from connectors.timescale.sink import spooled
+
     _check_compression(cfg, b.site.revision_horizon_ms())
     rows = b.tagged_rows(cfg.streams, cfg.id)
     if rows is None:
@@ -39,6 +40,8 @@ def _check_compression(cfg: TimescaleSinkConfig, horizon_ms: int) -> None:
     A compressed chunk that is written again must be decompressed: a policy younger than the
     revision horizon would do that at every re-emitted window.
     """
+    from connectors.timescale.schema import TABLES
+
     for name in TABLES:
         after = cfg.table(name).compress_after
         if after is None or interval_ms(after) > horizon_ms:

@@ -260,10 +260,14 @@ def test_a_two_process_cluster_gives_the_results_of_one_worker(
     }
 
 
-def test_a_cluster_killed_with_sigkill_resumes_to_the_results_of_one_worker(endpoints, tmp_path):
+@pytest.mark.parametrize("resume_as", ["the same cluster", "one process (rescaled)"])
+def test_a_cluster_killed_with_sigkill_resumes_to_the_results_of_one_worker(
+    endpoints, tmp_path, resume_as
+):
     """Two processes read a live topic; one is killed with SIGKILL mid-stream, the cluster is
-    started again from its recovery store and more data arrives: the outputs equal a single
-    worker's uninterrupted run over the whole topic."""
+    started again from its recovery store (as the same 2-process cluster, or rescaled to one
+    process of one worker: bytewax moves each key's state to its new worker) and more data
+    arrives: the outputs equal a single worker's uninterrupted run over the whole topic."""
     bootstrap = endpoints.kafka_bootstrap
     _require_kafka(bootstrap)
     topic = _topic(bootstrap, 6)
@@ -299,7 +303,10 @@ def test_a_cluster_killed_with_sigkill_resumes_to_the_results_of_one_worker(endp
     _edge(bootstrap, topic, "north", seed=7, start=LATER)
     _edge(bootstrap, topic, "south", seed=8, start=LATER)
     resumed = _site_file(tmp_path / "resumed", _processor(bootstrap, topic, out))
-    _finish(_cluster(resumed, tmp_path, recovery=recovery))
+    if resume_as == "the same cluster":
+        _finish(_cluster(resumed, tmp_path, recovery=recovery))
+    else:
+        _finish([FlowProcess("flows.process", resumed, cwd=tmp_path, recovery=recovery)])
     ref = tmp_path / "ref"
     run_main(build_flow(parse_site(_processor(bootstrap, topic, ref), base_dir=DEMO_SITE.parent)))
     assert _results(out) == _results(ref)
@@ -342,6 +349,60 @@ def test_data_deleted_by_retention_fails_a_replay_and_is_a_dead_letter_live(endp
         assert part.snapshot() > 10
     finally:
         part.close()
+
+
+def test_a_partition_batch_stops_at_its_byte_budget(endpoints):
+    """A replay finds a partition's whole prefetch queue ready: a batch takes messages up to
+    ``batch_max_bytes`` (one at least), not ``batch_size`` of them, and every point is read."""
+    import numpy as np
+    from confluent_kafka import Producer
+
+    from connectors.kafka.config import KafkaConnection, KafkaInput
+    from connectors.kafka.source import KafkaPointsSource
+    from wire.points import encode_messages
+    from wire.records import PointBatch, TagRef, to_ms
+
+    bootstrap = endpoints.kafka_bootstrap
+    _require_kafka(bootstrap)
+    topic = _topic(bootstrap, 1)
+    tags = tuple(TagRef(f"acme/north/pv/inv-1/t{i:03d}", "kW") for i in range(100))
+    producer = Producer({"bootstrap.servers": bootstrap})
+    sizes = []
+    for m in range(40):  # 40 messages of 1,000 points
+        ts = to_ms(START) + m * 10_000 + np.repeat(np.arange(10), 100) * 1000
+        batch = PointBatch(
+            tags,
+            np.tile(np.arange(100, dtype=np.int32), 10),
+            ts.astype(np.int64),
+            np.arange(1000, dtype=np.float64),
+            np.zeros(1000, np.uint8),
+        )
+        ((key, value, newest),) = encode_messages(batch, shard_levels=3, max_points=1000)
+        producer.produce(topic, key=key.encode(), value=value, timestamp=newest)
+        sizes.append(len(value))
+    assert producer.flush(30) == 0
+    budget = 5 * max(sizes)
+    conn = KafkaConnection(bootstrap_servers=bootstrap)
+    src = KafkaPointsSource(
+        KafkaInput(type="kafka", kafka=conn, topic=topic, bounded=True, batch_max_bytes=budget)
+    )
+    part = src.build_part("in", f"{topic}:0", None)
+    points: list[int] = []
+    try:
+        while True:
+            try:
+                got = part.next_batch()
+            except StopIteration:
+                break
+            n = sum(len(b) for b in got if isinstance(b, PointBatch))
+            if n:
+                points.append(n)
+    finally:
+        part.close()
+    assert sum(points) == 40_000
+    # Never far past the budget (a message or so), and not the whole partition at once.
+    assert max(points) <= 7_000
+    assert len(points) >= 6
 
 
 def test_500_sites_close_their_windows_on_their_own_data(endpoints, tmp_path):

@@ -516,3 +516,28 @@ def test_windows_say_how_far_they_are_final():
     # newest point 299 s - lateness 5 s - max_gap 60 s - lag 60 s
     assert {w.final_before_ms for w in closed} == {174_000}
     assert {w.final_before_ms for w in agg.flush()} == {1 << 62}
+
+
+def test_a_new_tag_in_a_window_every_other_tag_has_passed_keeps_their_rows():
+    # P and T both pass window 0 by its end + lateness: their rows are final. A third tag
+    # sends its first point into window 0 (on time for itself): the window is emitted again
+    # with the same P and T rows and a row of the new tag, as if it had come in time.
+    n = TagRef("e/s/a/l/m/new", "kW")
+    first = [(P, 1_000 * k, float(k)) for k in range(0, 130)]
+    first += [(T, 2_000 * k, 3.0 * k) for k in range(0, 65)]
+    agg = TumblingAggregator(rollup_ms=(), allowed_lateness_ms=5_000, idle_close=False)
+    closed, _ = agg.add(batch(first), 0)
+    (w0,) = [w for w in closed if w.start_ms == 0]
+    again, late = agg.add(batch([(n, 20_000, 9.0), (n, 40_000, 11.0)]), 0)
+    assert len(late) == 0
+    (w1,) = [w for w in again if w.start_ms == 0]
+    assert w1.revision == 1
+    before = {r["path"]: r for r in w0.rows()}
+    after = {r["path"]: r for r in w1.rows()}
+    assert set(after) == {P.path, T.path, n.path}
+    skip = ("revision", "closed_by", "final_before_ms")
+    for path, row in before.items():
+        assert {k: v for k, v in after[path].items() if k not in skip} == {
+            k: v for k, v in row.items() if k not in skip
+        }
+    assert (after[n.path]["count"], after[n.path]["sum"]) == (2, 20.0)
