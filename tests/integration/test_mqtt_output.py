@@ -343,7 +343,11 @@ def test_sparkplug_output_births_data_rebirth_and_death_read_by_an_independent_d
                 check=True,
                 timeout=30,
             )
-            return received.read_text().count("/DBIRTH/") >= 2
+            # Born again: a DBIRTH after a second NBIRTH (a device whose metrics grew is born
+            # again on its own, so two DBIRTHs alone do not mean the rebirth happened).
+            text = received.read_text()
+            second = text.find("/NBIRTH/", text.find("/NBIRTH/") + 1)
+            return second >= 0 and "/DBIRTH/" in text[second:]
 
         wait_until(reborn, timeout_s=30, what="NBIRTH and DBIRTH again", every_s=0.5)
         # Another client taking over the sink's client id cuts its session uncleanly: the
