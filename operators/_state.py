@@ -16,6 +16,7 @@ import numpy.typing as npt
 from wire.records import Event, Kpi, TagRef, WindowAggregates, tag_matches
 
 __all__ = [
+    "LEADING_TRUE",
     "PickleCopy",
     "WindowEngine",
     "WindowSequencer",
@@ -131,12 +132,12 @@ class TagOrder:
     last: npt.NDArray[np.bool_]
 
 
-_TRUE = np.ones(1, np.bool_)  # run starts: a leading True (np.r_ is slow)
+LEADING_TRUE = np.ones(1, np.bool_)  # prepended to mark run starts (np.r_ is slow)
 
 
 def run_max(g: npt.NDArray[Any], t: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Return the running maximum of ``t`` within runs of equal ``g`` (``-1 <= t < 2**43``)."""
-    first = np.concatenate((_TRUE, g[1:] != g[:-1]))
+    first = np.concatenate((LEADING_TRUE, g[1:] != g[:-1]))
     off = (np.cumsum(first).astype(np.int64) - 1) << 44  # runs never mix in one scan
     out: npt.NDArray[np.int64] = np.maximum.accumulate(t + off) - off
     return out
@@ -148,7 +149,7 @@ def tag_order(
     """Group points by tag in arrival order; see :class:`TagOrder` (``ts < 2**43``)."""
     order = np.argsort(gid, kind="stable")
     g, t = gid[order].astype(np.int64), ts[order]
-    brk = np.concatenate((_TRUE, g[1:] != g[:-1]))
+    brk = np.concatenate((LEADING_TRUE, g[1:] != g[:-1]))
     newest = run_max(g, t)
     floor = np.iinfo(np.int64).min // 2
     before = np.concatenate(((floor,), newest[:-1]))

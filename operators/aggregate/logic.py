@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from operators._state import PickleCopy, TableCache, TagRegistry, tag_order
+from operators._state import LEADING_TRUE, PickleCopy, TableCache, TagRegistry, tag_order
 from operators.errors import RuleError
 from wire.records import (
     FINAL_ALL_MS,
@@ -68,7 +68,6 @@ __all__ = [
 ]
 
 F64 = npt.NDArray[np.float64]
-_TRUE = np.ones(1, np.bool_)  # run starts: a leading True (np.r_ is slow)
 I64 = npt.NDArray[np.int64]
 Edge = tuple[npt.NDArray[np.int32], I64, F64]  # tag ids (sorted), times, values
 _DAY_MS = 86_400_000
@@ -105,7 +104,7 @@ def _segments(keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray
     n = len(keys)
     if not n:
         return np.empty(0, np.intp), np.empty(0, np.intp)
-    starts = np.flatnonzero(np.concatenate((_TRUE, keys[1:] != keys[:-1])))
+    starts = np.flatnonzero(np.concatenate((LEADING_TRUE, keys[1:] != keys[:-1])))
     ends = np.append(starts[1:], n).astype(np.intp)
     return starts, ends
 
@@ -341,7 +340,7 @@ def _window_summaries(
     value = np.concatenate([w[3] for w in windows])
     order = _stable_order(key, gid, ts - key)
     key, g, t, x, win = key[order], gid[order], ts[order], value[order], win[order]
-    new = np.concatenate((_TRUE, key[1:] != key[:-1]))
+    new = np.concatenate((LEADING_TRUE, key[1:] != key[:-1]))
     part = np.cumsum(new) - 1
     part_tag = part * (int(g.max()) + 1) + g
     rows = _stats(part_tag, g, t, x, max_gap)
