@@ -320,7 +320,7 @@ def live_latency(data: BenchData) -> dict[str, Any]:
                 if kind == "p":
                     point_lat.append(now - int(item.ts_ms.min()))
                 elif item.closed_by == "watermark":  # not the flush at end of input
-                    agg_lat.append(now - (item.start_ms + item.window_ms))
+                    agg_lat.extend(now - (w.start_ms + w.window_ms) for w in item.windows())
 
     class Sink(DynamicSink[Any]):
         def build(self, step_id: str, worker_index: int, worker_count: int) -> Lat:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import itertools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -693,6 +694,10 @@ class WindowAggregates:
     # Windows of this shard ending at or before this are final (None: no such knowledge, as
     # from a window built by hand; readers then take each window as final).
     final_before_ms: int | None = None
+    # A block of several windows of one size (a history replay closes thousands at once):
+    # the start of each row's window, rows in window order; None when every row is at
+    # ``start_ms``. A block has ``end`` None and one ``revision`` and ``closed_by``.
+    starts: I64 | None = None
 
     def __len__(self) -> int:
         return len(self.tags)
@@ -702,8 +707,38 @@ class WindowAggregates:
         """Return the window label, e.g. ``1m``."""
         return window_label(self.window_ms)
 
+    def windows(self) -> list[WindowAggregates]:
+        """Return the windows of a block one by one (``[self]`` for a single window)."""
+        if self.starts is None:
+            return [self]
+        starts = self.starts
+        cuts = np.flatnonzero(starts[1:] != starts[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(starts)]
+        cols = {
+            name: getattr(self, name)
+            for name in (
+                "count", "min", "max", "mean", "std", "sum", "first", "last",
+                "first_ts", "last_ts", "twa", "integral",
+            )
+        }  # fmt: skip
+        return [
+            WindowAggregates(
+                window_ms=self.window_ms,
+                start_ms=int(starts[a]),
+                tags=self.tags[a:b],
+                **{name: col[a:b] for name, col in cols.items()},
+                closed_by=self.closed_by,
+                revision=self.revision,
+                zone=self.zone,
+                final_before_ms=self.final_before_ms,
+            )
+            for a, b in itertools.pairwise(bounds)
+        ]
+
     def rows(self) -> list[dict[str, Any]]:
-        """Return one JSON-friendly dict per tag (edge form for sinks)."""
+        """Return one JSON-friendly dict per tag and window (edge form for sinks)."""
+        if self.starts is not None:
+            return [row for w in self.windows() for row in w.rows()]
         label = self.label
         start_iso = ms_to_iso(self.start_ms)
         end_ms = self.start_ms + self.window_ms if self.end is None else self.end

@@ -33,7 +33,7 @@ def _fmt_agg(w: WindowAggregates, max_rows: int) -> list[str]:
 def format_item(stream: str, item: Any, *, max_rows: int = 6) -> list[str]:
     """Render one stream item as console lines."""
     if isinstance(item, WindowAggregates):
-        return _fmt_agg(item, max_rows)
+        return [line for w in item.windows() for line in _fmt_agg(w, max_rows)]
     if isinstance(item, Event):
         state = f" {item.state}" if item.state else ""
         return [

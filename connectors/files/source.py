@@ -282,16 +282,25 @@ class _FileReader:
                     types[cfg.long.unit] = pa.string()
             if cfg.time.format not in ("epoch_s", "epoch_ms"):
                 types[cfg.time.column] = pa.string()
+            block = cfg.csv.block_size_mb << 20
+            parse = pacsv.ParseOptions(delimiter=cfg.csv.delimiter)
+            convert = pacsv.ConvertOptions(
+                column_types=types,
+                include_columns=self.wanted,
+                null_values=list(cfg.csv.null_values),
+                strings_can_be_null=True,
+            )
+            if self.path.stat().st_size <= block:
+                # A file within one block: the streaming reader would parse it as one block on
+                # one thread; reading it whole holds no more and parses it in parallel.
+                table = pacsv.read_csv(self.path, parse_options=parse, convert_options=convert)
+                yield from table.to_batches()
+                return
             with pacsv.open_csv(
                 self.path,
-                read_options=pacsv.ReadOptions(block_size=cfg.csv.block_size_mb << 20),
-                parse_options=pacsv.ParseOptions(delimiter=cfg.csv.delimiter),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=types,
-                    include_columns=self.wanted,
-                    null_values=list(cfg.csv.null_values),
-                    strings_can_be_null=True,
-                ),
+                read_options=pacsv.ReadOptions(block_size=block),
+                parse_options=parse,
+                convert_options=convert,
             ) as reader:
                 yield from reader
         except (OSError, pa.ArrowInvalid) as e:

@@ -28,6 +28,12 @@ Windows closed by the watermark carry ``closed_by="watermark"``; windows closed 
 input ended (bounded replay, Ctrl-C) carry ``closed_by="eof"``: they hold every point that
 arrived, but a restarted live flow may re-emit them with more points under the same key.
 
+History: a batch that spans many windows after every window held (a replay of a file or a
+topic) is closed in bulk: summaries, heads and tails, the decisions to hold back, keep or
+forget each window, and the rollups, for all its windows at once from arrays, with the same
+bits as closing them one by one. With ``blocks=True`` (the dataflow operator) the windows of
+one size closed together leave as one :class:`WindowAggregates` block.
+
 Lateness: the watermark is ``max event time seen - allowed_lateness`` and, when
 ``idle_close`` is on, also advances with wall time since that event, so windows of idle tags
 close. A point whose window already closed is *late*: it is returned to the caller (who puts
@@ -37,7 +43,7 @@ it on the late stream) and counted, never dropped silently.
 from __future__ import annotations
 
 import itertools
-import math
+import operator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -46,7 +52,15 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from operators._state import LEADING_TRUE, PickleCopy, TableCache, TagRegistry, tag_order
+from operators._state import (
+    LEADING_TRUE,
+    PickleCopy,
+    TableCache,
+    TagRegistry,
+    reorder,
+    stable_order,
+    tag_order,
+)
 from operators.errors import RuleError
 from wire.records import (
     FINAL_ALL_MS,
@@ -157,7 +171,9 @@ def _stats(key: I64, g: npt.NDArray[np.int32], t: I64, x: F64, max_gap: int | No
     if max_gap is not None:
         inside &= dt <= max_gap
     seg = np.where(inside, (x[1:] + x[:-1]) * 0.5 * dt.astype(np.float64), 0.0)
-    integral = np.add.reduceat(np.append(seg, 0.0), starts)
+    # + 0.0: no -0.0 (a run of -0.0 samples), as combining summaries gives: the same sign of
+    # zero however the windows were put together.
+    integral = np.add.reduceat(np.append(seg, 0.0), starts) + 0.0
     covered = np.add.reduceat(np.append(np.where(inside, dt, 0), 0), starts)
     zeros_f, zeros_i = np.zeros(len(starts)), np.zeros(len(starts), np.int64)
     return Summary(
@@ -180,25 +196,6 @@ def _stats(key: I64, g: npt.NDArray[np.int32], t: I64, x: F64, max_gap: int | No
     )
 
 
-def _stable_order(*keys: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
-    """Stable order by ``keys`` (most significant first), as :func:`numpy.lexsort` gives it.
-
-    When the keys' ranges multiply to less than 2**62 they are packed into one int64 and sorted
-    once (several times faster than lexsort on a month of points); otherwise lexsort.
-    """
-    if not len(keys[0]):
-        return np.empty(0, np.intp)
-    lows = [int(k.min()) for k in keys]
-    spans = [int(k.max()) - lo + 1 for k, lo in zip(keys, lows, strict=True)]
-    if math.prod(spans) >= 2**62:
-        return np.lexsort(keys[::-1])
-    packed = np.zeros(len(keys[0]), np.int64)
-    for k, lo, span in zip(keys, lows, spans, strict=True):
-        packed *= span
-        packed += k.astype(np.int64, copy=False) - lo
-    return np.argsort(packed, kind="stable")
-
-
 def summarize(
     gid: npt.NDArray[np.int32], ts: I64, value: F64, max_gap: int | None = None
 ) -> Summary:
@@ -206,9 +203,23 @@ def summarize(
 
     Segments between consecutive points longer than ``max_gap`` ms are not integrated.
     """
-    order = _stable_order(gid, ts)
+    order = stable_order(gid, ts)
     g = gid[order]
     return _stats(g.astype(np.int64), g, ts[order], value[order], max_gap)
+
+
+def _find(keys: I64, wanted: I64, guess: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """Position of each ``wanted`` in sorted ``keys`` (clipped to a valid index) if present.
+
+    ``guess`` is where it usually is (the same tag a window later or earlier): checked first,
+    searched only where it misses.
+    """
+    n = len(keys)
+    pos = np.clip(guess, 0, n - 1)
+    miss = keys[pos] != wanted
+    if miss.any():
+        pos[miss] = np.minimum(np.searchsorted(keys, wanted[miss]), n - 1)
+    return pos
 
 
 def _split(full: Summary, owner: I64, n: int) -> list[Summary]:
@@ -245,7 +256,7 @@ def _stats_of_parts(
     gid = np.concatenate([p[0] for p in parts])
     ts = np.concatenate([p[1] for p in parts])
     value = np.concatenate([p[2] for p in parts])
-    order = _stable_order(owner, gid, ts)
+    order = stable_order(owner, gid, ts)
     g, o = gid[order], owner[order]
     key = o * (int(g.max()) + 1 if len(g) else 1) + g
     return _stats(key, g, ts[order], value[order], max_gap), o[_segments(key)[0]]
@@ -279,13 +290,41 @@ def _combine_rows(
     cat: Summary, seq: I64, owner: I64, n: int, max_gap: int | None = None
 ) -> list[Summary]:
     """Combine rows of partial summaries: per ``owner`` and tag, in ``seq`` (time) order."""
-    order = _stable_order(owner, cat.gid, seq)
-    c = {f: getattr(cat, f)[order] for f in Summary.__slots__}
-    g, o = c["gid"], owner[order]
-    key = o * (int(g.max()) + 1 if len(g) else 1) + g
+    full, row_owner = _combine_full(cat, seq, owner, max_gap)
+    return _split(full, row_owner, n)
+
+
+_COMBINED = (
+    "count", "sum", "min", "max", "m2", "first_ts", "first", "last_ts", "last", "integral",
+    "covered",
+)  # fmt: skip
+
+
+def _combine_full(
+    cat: Summary, seq: I64, owner: I64, max_gap: int | None = None
+) -> tuple[Summary, I64]:
+    """:func:`_combine_rows` as one summary sorted by (owner, tag), and each row's owner."""
+    if not len(cat):
+        return _empty(), _EMPTY_TS
+    key = owner * (int(cat.gid.max()) + 1) + cat.gid
+    if bool((key[1:] > key[:-1]).all()):
+        # Already in order, one part per owner and tag (a window of one slice, as 1-minute
+        # samples in 1-minute windows are): the same arithmetic without a sort or reductions
+        # (a reduction over one element is that element).
+        spread = cat.count * (cat.sum / cat.count - cat.sum / cat.count) ** 2
+        cols = {f: getattr(cat, f) for f in Summary.__slots__}
+        cols.update(
+            m2=cat.m2 + spread,
+            integral=cat.integral + 0.0,
+            covered=(cat.covered + 0).astype(np.int64),
+        )
+        return Summary(**cols), owner
+    order = stable_order(owner, cat.gid, seq)
+    # Whole columns only where every row counts; the rest at each run's first or last row.
+    c = {f: getattr(cat, f)[order] for f in _COMBINED}
+    key = key[order]
     starts, ends = _segments(key)
-    if not len(starts):
-        return [_empty() for _ in range(n)]
+    at_first, at_last = order[starts], order[ends - 1]
     count = np.add.reduceat(c["count"], starts)
     total = np.add.reduceat(c["sum"], starts)
     mean = total / count
@@ -300,7 +339,7 @@ def _combine_rows(
     integral = np.add.reduceat(c["integral"] + np.append(gap, 0.0), starts)
     covered = np.add.reduceat(c["covered"] + np.append(np.where(inside, dt, 0), 0), starts)
     full = Summary(
-        gid=g[starts],
+        gid=cat.gid[at_first],
         count=count,
         sum=total,
         min=np.minimum.reduceat(c["min"], starts),
@@ -312,12 +351,12 @@ def _combine_rows(
         last=c["last"][ends - 1],
         integral=integral,
         covered=covered.astype(np.int64),
-        head=c["head"][starts],
-        head_ms=c["head_ms"][starts],
-        tail=c["tail"][ends - 1],
-        tail_ms=c["tail_ms"][ends - 1],
+        head=cat.head[at_first],
+        head_ms=cat.head_ms[at_first],
+        tail=cat.tail[at_last],
+        tail_ms=cat.tail_ms[at_last],
     )
-    return _split(full, o[starts], n)
+    return full, owner[at_first]
 
 
 def _window_summaries(
@@ -338,14 +377,28 @@ def _window_summaries(
     gid = np.concatenate([w[1] for w in windows])
     ts = np.concatenate([w[2] for w in windows])
     value = np.concatenate([w[3] for w in windows])
-    order = _stable_order(key, gid, ts - key)
-    key, g, t, x, win = key[order], gid[order], ts[order], value[order], win[order]
+    full, owner = _window_rows(key, win, gid, ts, value, max_gap)
+    return _split(full, owner, len(windows))
+
+
+def _window_rows(
+    key: I64, win: I64, gid: npt.NDArray[np.int32], ts: I64, value: F64, max_gap: int | None
+) -> tuple[Summary, I64]:
+    """:func:`_window_summaries` of points with slice starts ``key`` and window numbers ``win``.
+
+    Returns one summary sorted by (window, tag) and each row's window; windows in time order,
+    points of one slice in arrival order.
+    """
+    order = reorder(key, gid, ts - key)
+    g, t, x = gid, ts, value
+    if order is not None:
+        key, g, t, x, win = key[order], gid[order], ts[order], value[order], win[order]
     new = np.concatenate((LEADING_TRUE, key[1:] != key[:-1]))
     part = np.cumsum(new) - 1
-    part_tag = part * (int(g.max()) + 1) + g
+    part_tag = (part * (int(g.max()) + 1) + g).astype(np.int64, copy=False)
     rows = _stats(part_tag, g, t, x, max_gap)
     row_part = part[_segments(part_tag)[0]]
-    return _combine_rows(rows, row_part, win[new][row_part], len(windows), max_gap)
+    return _combine_full(rows, row_part, win[new][row_part], max_gap)
 
 
 def finalize(
@@ -390,19 +443,9 @@ def finalize_many(
     batch.
     """
     sizes = [len(x) for x in summaries]
-    cat = {
-        f: np.concatenate([getattr(x, f) for x in summaries])
-        for f in ("gid", "count", "sum", "m2", "integral", "head", "tail")
-    }
-    span = np.concatenate(
-        [(x.covered + x.head_ms + x.tail_ms).astype(np.float64) for x in summaries]
-    )
-    mean = cat["sum"] / cat["count"]
-    integral = cat["integral"] + cat["head"] + cat["tail"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        twa = np.where(span > 0, integral / np.where(span > 0, span, 1.0), mean)
-    std = np.sqrt(np.maximum(cat["m2"] / cat["count"], 0.0))
-    refs = [tags[i] for i in cat["gid"].tolist()]
+    cat = Summary(*(np.concatenate([getattr(x, f) for x in summaries]) for f in Summary.__slots__))
+    mean, std, twa, integral = _final_columns(cat)
+    refs = [tags[i] for i in cat.gid.tolist()]
     out = []
     lo = 0
     for s, size, start, revision, end in zip(
@@ -435,6 +478,25 @@ def finalize_many(
         )
         lo = hi
     return out
+
+
+def _tags_of(tags: list[TagRef], gid: npt.NDArray[np.int32]) -> tuple[TagRef, ...]:
+    """Return the tag of each id in ``gid``."""
+    if len(gid) < 2:
+        return tuple(tags[i] for i in gid.tolist())
+    got: tuple[TagRef, ...] = operator.itemgetter(*gid.tolist())(tags)
+    return got
+
+
+def _final_columns(rows: Summary) -> tuple[F64, F64, F64, F64]:
+    """Return ``(mean, std, twa, integral)`` of summary rows with their heads and tails."""
+    span = (rows.covered + rows.head_ms + rows.tail_ms).astype(np.float64)
+    mean = rows.sum / rows.count
+    integral = rows.integral + rows.head + rows.tail
+    with np.errstate(invalid="ignore", divide="ignore"):
+        twa = np.where(span > 0, integral / np.where(span > 0, span, 1.0), mean)
+    std = np.sqrt(np.maximum(rows.m2 / rows.count, 0.0))
+    return mean, std, twa, integral
 
 
 def _override(base: Summary | None, exact: Summary) -> Summary:
@@ -640,6 +702,47 @@ class _Win:
 
 
 @dataclass(slots=True)
+class _Fresh:
+    """Points of a batch in windows after every window held (a history replay's batch).
+
+    Sorted by window, arrival order within one. Lives only inside one :meth:`add` call: the
+    windows it can close at once are closed straight from these arrays, without a window
+    object each; the others become windows like any.
+    """
+
+    win: I64  # window start of each point
+    slc: I64  # slice start of each point
+    gid: npt.NDArray[np.int32]
+    ts: I64
+    value: F64
+    starts: I64 = field(init=False)  # the windows, in time order
+    bounds: npt.NDArray[np.intp] = field(init=False)  # points of window i: bounds[i]:bounds[i+1]
+
+    def __post_init__(self) -> None:
+        cuts = np.flatnonzero(self.win[1:] != self.win[:-1]) + 1
+        self.bounds = np.concatenate(([0], cuts, [len(self.win)])).astype(np.intp)
+        self.starts = self.win[self.bounds[:-1]]
+
+    def firsts(self, start: int) -> Edge | None:
+        """Return the earliest point of each tag in the window at ``start``, if it is here."""
+        i = int(np.searchsorted(self.starts, start))
+        if i == len(self.starts) or int(self.starts[i]) != start:
+            return None
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        order = stable_order(self.gid[a:b], self.ts[a:b])
+        g = self.gid[a:b][order]
+        first = _segments(g)[0]
+        return g[first], self.ts[a:b][order][first], self.value[a:b][order][first]
+
+    def after(self, n: int) -> _Fresh | None:
+        """Return the windows from the ``n``-th on, or None when there are none."""
+        if n >= len(self.starts):
+            return None
+        a = int(self.bounds[n])
+        return _Fresh(self.win[a:], self.slc[a:], self.gid[a:], self.ts[a:], self.value[a:])
+
+
+@dataclass(slots=True)
 class _Rollup:
     parts: dict[int, Summary] = field(default_factory=dict)
     revision: int = -1
@@ -727,26 +830,20 @@ def _with_edges(
     sizes = [len(x) for x in sums]
     owner = np.repeat(np.arange(len(sums), dtype=np.int64), sizes)
     gid = np.concatenate([x.gid for x in sums])
-    first_ts = np.concatenate([x.first_ts for x in sums])
-    first = np.concatenate([x.first for x in sums])
-    last_ts = np.concatenate([x.last_ts for x in sums])
-    last = np.concatenate([x.last for x in sums])
     start = np.repeat(np.asarray(starts, np.int64), sizes)
-    end = start + window_ms
-    has, p_ts, p_val = _match_many(gid, owner, prevs)
-    dt = (first_ts - p_ts).astype(np.float64)
-    ok = has & (dt > 0) & (dt <= max_gap) & (first_ts > start)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        at_start = p_val + (first - p_val) * (start - p_ts) / np.where(ok, dt, 1.0)
-    head_ms = np.where(ok, first_ts - start, 0).astype(np.int64)
-    head = np.where(ok, (at_start + first) * 0.5 * head_ms, 0.0)
-    has, n_ts, n_val = _match_many(gid, owner, nxts)
-    dt = (n_ts - last_ts).astype(np.float64)
-    ok = has & (dt > 0) & (dt <= max_gap) & (n_ts >= end)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        at_end = last + (n_val - last) * (end - last_ts) / np.where(ok, dt, 1.0)
-    tail_ms = np.where(ok, end - last_ts, 0).astype(np.int64)
-    tail = np.where(ok, (last + at_end) * 0.5 * tail_ms, 0.0)
+    head, head_ms, tail, tail_ms = _heads_and_tails(
+        (
+            np.concatenate([x.first_ts for x in sums]),
+            np.concatenate([x.first for x in sums]),
+            np.concatenate([x.last_ts for x in sums]),
+            np.concatenate([x.last for x in sums]),
+        ),
+        start,
+        window_ms,
+        _match_many(gid, owner, prevs),
+        _match_many(gid, owner, nxts),
+        max_gap,
+    )
     out = []
     a = 0
     for x, size in zip(sums, sizes, strict=True):
@@ -773,6 +870,39 @@ def _with_edges(
         )
         a = b
     return out
+
+
+def _heads_and_tails(
+    ends: tuple[I64, F64, I64, F64],
+    start: I64,
+    window_ms: int,
+    prev: tuple[npt.NDArray[np.bool_], I64, F64],
+    nxt: tuple[npt.NDArray[np.bool_], I64, F64],
+    max_gap: int,
+) -> tuple[F64, I64, F64, I64]:
+    """Heads and tails of summary rows from their neighbours; see :func:`_with_edges`.
+
+    ``ends`` holds each row's ``(first_ts, first, last_ts, last)`` and ``start`` its window
+    start; ``prev`` and ``nxt`` say, per row, whether the tag has a point just before (after)
+    the window, and its time and value.
+    """
+    first_ts, first, last_ts, last = ends
+    has, p_ts, p_val = prev
+    end = start + window_ms
+    dt = (first_ts - p_ts).astype(np.float64)
+    ok = has & (dt > 0) & (dt <= max_gap) & (first_ts > start)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        at_start = p_val + (first - p_val) * (start - p_ts) / np.where(ok, dt, 1.0)
+    head_ms = np.where(ok, first_ts - start, 0).astype(np.int64)
+    head = np.where(ok, (at_start + first) * 0.5 * head_ms, 0.0)
+    has, n_ts, n_val = nxt
+    dt = (n_ts - last_ts).astype(np.float64)
+    ok = has & (dt > 0) & (dt <= max_gap) & (n_ts >= end)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        at_end = last + (n_val - last) * (end - last_ts) / np.where(ok, dt, 1.0)
+    tail_ms = np.where(ok, end - last_ts, 0).astype(np.int64)
+    tail = np.where(ok, (last + at_end) * 0.5 * tail_ms, 0.0)
+    return head, head_ms, tail, tail_ms
 
 
 class TumblingAggregator(PickleCopy):
@@ -811,6 +941,7 @@ class TumblingAggregator(PickleCopy):
         zone: str = "UTC",
         max_gap_ms: int | None = None,
         max_source_lag_ms: int = 300_000,
+        blocks: bool = False,
     ) -> None:
         if window_ms <= 0:
             msg = f"window_ms must be positive, got {window_ms}"
@@ -880,6 +1011,12 @@ class TumblingAggregator(PickleCopy):
         self.points_in = 0
         self.points_late = 0
         self.reemitted = 0
+        self.blocks = blocks
+
+    # Emit windows closed together as one block (WindowAggregates with ``starts``), not one
+    # object per window. Class defaults: snapshots taken before these existed lack them.
+    blocks: bool = False
+    _fast: _Fresh | None = None  # only set inside add(): see _Fresh
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TumblingAggregator:
         """Copy for Bytewax's per-epoch snapshot: containers are copied, arrays shared.
@@ -969,10 +1106,34 @@ class TumblingAggregator(PickleCopy):
                 # One stable sort, then contiguous runs: linear in the batch whatever the
                 # number of windows it spans (a history file's batch spans thousands); each
                 # window's points are then a view, in arrival order.
-                order, runs = _runs(win_k)
-                gid_k, ts_k, val_k = gid_k[order], ts_k[order], val_k[order]
-                slice_k = slice_k[order]
-                parts = [(k, slice(a, b)) for k, a, b in runs]
+                if not bool((win_k[1:] >= win_k[:-1]).all()):
+                    order = np.argsort(win_k, kind="stable")
+                    gid_k, ts_k, val_k = gid_k[order], ts_k[order], val_k[order]
+                    slice_k, win_k = slice_k[order], win_k[order]
+                firsts, ends = _segments(win_k)
+                wins = win_k[firsts]
+                fresh, reopened = self._fresh_from(wins)
+                if fresh < len(wins) or reopened:
+                    a = int(firsts[fresh]) if fresh < len(wins) else len(win_k)
+                    self._fast = self._fresh_run(
+                        reopened, (win_k[a:], slice_k[a:], gid_k[a:], ts_k[a:], val_k[a:])
+                    )
+                    # Points entering the window after a closed one may move its tail.
+                    f0 = int(self._fast.starts[0])
+                    before = self._closed.get(f0 - self.window_ms)
+                    if before is not None and fresh < len(wins) and int(wins[fresh]) == f0:
+                        sel0 = slice(a, int(ends[fresh]))
+                        if self._moves_next(before, gid_k[sel0], ts_k[sel0]):
+                            dirty.add(f0 - self.window_ms)
+                parts = [
+                    (k, slice(a, b))
+                    for k, a, b in zip(
+                        wins[:fresh].tolist(),
+                        firsts[:fresh].tolist(),
+                        ends[:fresh].tolist(),
+                        strict=True,
+                    )
+                ]
             for wstart, sel in parts:
                 if self._closed_through is not None and wstart < self._closed_through:
                     win = self._closed.get(wstart) or self._closed.setdefault(
@@ -1001,7 +1162,61 @@ class TumblingAggregator(PickleCopy):
                 self._max_event_ms = newest
                 self._wall_at_max_ms = now_wall_ms
         out = self._reemit(dirty, "reopened") if dirty else []
-        return out + self._advance(now_wall_ms), late_batch
+        out += self._advance(now_wall_ms)
+        self._materialize()  # fresh windows the watermark has not passed
+        if not self.blocks:
+            out = [one for w in out for one in w.windows()]
+        return out, late_batch
+
+    def _fresh_from(self, wins: I64) -> tuple[int, list[int]]:
+        """Where a batch's windows (starts ``wins``, rising) begin to be closed in bulk.
+
+        Returns the index of the first such window of the batch and the open windows to take
+        back in with it. Bulk windows come after every window held, or are open windows that
+        only ever buffered raw points (the last ones of the batch before, waiting for their
+        tags to pass them): nothing but their own points decides their rows. Fewer than 3
+        such windows are not worth it.
+        """
+        w = self.window_ms
+        takeback = all(
+            x.revision < 0 and x.prev is None and x.nxt is None and x.raw_only()
+            for x in self._open.values()
+        )
+        held = [*self._closed] if takeback else [*self._open, *self._closed]
+        floor = max(held) + w if held else None
+        if self._closed_through is not None:
+            floor = max(floor or self._closed_through, self._closed_through)
+        reopened = sorted(k for k in self._open if floor is None or k >= floor) if takeback else []
+        i = 0 if floor is None else int(np.searchsorted(wins, floor))
+        if len({*reopened, *wins[i:].tolist()}) < 3:
+            return len(wins), []
+        return i, reopened
+
+    def _fresh_run(
+        self, reopened: list[int], batch: tuple[I64, I64, npt.NDArray[np.int32], I64, F64]
+    ) -> _Fresh:
+        """Return the bulk windows: the open ones taken back (points first), then the batch's."""
+        chunks = [batch]
+        for start in reversed(reopened):
+            key, gid, ts, value = self._open.pop(start).raw_points()
+            chunks.insert(0, (np.full(len(gid), start, np.int64), key, gid, ts, value))
+        if len(chunks) == 1:
+            return _Fresh(*batch)
+        win, key, gid, ts, value = (np.concatenate(c) for c in zip(*chunks, strict=True))
+        if not bool((win[1:] >= win[:-1]).all()):
+            order = np.argsort(win, kind="stable")  # arrival order within each window
+            win, key, gid, ts, value = win[order], key[order], gid[order], ts[order], value[order]
+        return _Fresh(win, key, gid, ts, value)
+
+    def _materialize(self) -> None:
+        """Make the fresh windows left ordinary open windows."""
+        fr, self._fast = self._fast, None
+        if fr is None:
+            return
+        for i, start in enumerate(fr.starts.tolist()):
+            a, b = int(fr.bounds[i]), int(fr.bounds[i + 1])
+            win = self._open[start] = _Win(max_gap=self.max_gap_ms)
+            win.add(fr.slc[a:b], fr.gid[a:b], fr.ts[a:b], fr.value[a:b])
 
     def advance(self, now_wall_ms: int) -> list[WindowAggregates]:
         """Close every window the watermark has passed; forget windows past the horizon."""
@@ -1196,6 +1411,8 @@ class TumblingAggregator(PickleCopy):
     def _neighbour(self, start: int, *, after: bool) -> Edge | None:
         """First (``after``) or last points of the base window at ``start``, if it exists."""
         win = self._closed.get(start) or (self._open.get(start) if after else None)
+        if win is None and after and self._fast is not None:
+            return self._fast.firsts(start)
         if win is not None:
             if after:
                 return win.firsts()
@@ -1264,6 +1481,32 @@ class TumblingAggregator(PickleCopy):
     def _close_through(
         self, through: int, closed_by: str = "watermark", wm: int | None = None
     ) -> list[WindowAggregates]:
+        """Close the windows ending at or before ``through``; see :meth:`_close_fresh`."""
+        fr = self._fast
+        if fr is None:
+            return self._close_held(through, closed_by, wm)
+        f0 = int(fr.starts[0])
+        if wm is None or closed_by != "watermark" or through < f0 + self.window_ms:
+            self._materialize()
+            return self._close_held(through, closed_by, wm)
+        # In time order: the windows before the fresh ones, then the fresh ones that can close
+        # in bulk, then the rest as ordinary windows. Each step decides as one pass would.
+        out = self._close_held(f0, closed_by, wm)
+        if self._held is None:
+            out += self._close_fresh(through, wm)
+        self._materialize()
+        if (
+            self._held is None
+            and self._open
+            and (self._closed_through is None or through > self._closed_through)
+        ):
+            out += self._close_held(through, closed_by, wm)
+        return out
+
+    def _close_held(
+        self, through: int, closed_by: str = "watermark", wm: int | None = None
+    ) -> list[WindowAggregates]:
+        """Close the windows held in ``_open`` that end at or before ``through``."""
         out: list[WindowAggregates] = []
         starts = sorted(s for s in self._open if s + self.window_ms <= through)
         wins = [self._open.pop(s) for s in starts]
@@ -1311,6 +1554,12 @@ class TumblingAggregator(PickleCopy):
         self._closed_through = (
             through if self._closed_through is None else max(through, self._closed_through)
         )
+        return out + self._emit_ready(closed_by)
+
+    def _emit_ready(self, closed_by: str) -> list[WindowAggregates]:
+        """Emit the rollups not yet emitted whose end the closed base windows have reached."""
+        assert self._closed_through is not None  # called after a close
+        gap = self.max_gap_ms
         ready = sorted(
             (
                 k
@@ -1333,7 +1582,223 @@ class TumblingAggregator(PickleCopy):
                 [rolled[i] for i in idx], r, [ready[i][1] for i in idx], closed_by, [0] * len(idx)
             )
             emitted.update(zip(idx, aggs, strict=True))
-        return out + [emitted[i] for i in range(len(ready))]
+        return [emitted[i] for i in range(len(ready))]
+
+    def _close_fresh(self, through: int, wm: int) -> list[WindowAggregates]:
+        """Close the leading fresh windows that one pass of :meth:`_close_held` would close.
+
+        Those that end by ``through`` and whose tails are final (none is held back): the same
+        rows, bit for bit, from arrays over all windows instead of objects per window. Windows
+        a tag can still reopen are kept, as that pass keeps them; the others are forgotten.
+        Stops at the first window held back; the rest stay in ``_fast``.
+        """
+        fr = self._fast
+        assert fr is not None  # called with fresh windows only
+        w, gap, lateness = self.window_ms, self.max_gap_ms, self.allowed_lateness_ms
+        starts, n = fr.starts, len(fr.starts)
+        counts = np.diff(fr.bounds)
+        rows, owner = _window_rows(
+            fr.slc, np.repeat(np.arange(n, dtype=np.int64), counts), fr.gid, fr.ts, fr.value, gap
+        )
+        tag_max = self._tag_max[rows.gid]
+        row_start = starts[owner]
+        # Done: every tag with points here passed end + max_gap + lateness, the shard's newest
+        # point passed that by max_source_lag (see _all_passed).
+        bad = np.zeros(n, np.bool_)
+        bad[owner[tag_max < row_start + (w + gap + lateness)]] = True
+        assert self._max_event_ms is not None  # points were added
+        done = ~bad & (starts + (w + gap + lateness + self.max_source_lag_ms) <= self._max_event_ms)
+        # Held: a tag whose point after the window (in the next one) is not final, and the
+        # watermark has not passed its last point by max_gap (see _held_from).
+        g = rows.gid.astype(np.int64)
+        span = int(g.max()) + 1
+        key = owner * span + g
+        follows = np.append(starts[1:] == starts[:-1] + w, False)  # window i + 1 is adjacent
+        size = np.diff(np.searchsorted(owner, np.arange(n + 1)))  # rows per window
+        pos = _find(key, key + span, np.arange(len(key)) + size[owner])
+        has_n = (key[pos] == key + span) & follows[owner]
+        n_ts, n_val = rows.first_ts[pos], rows.first[pos]
+        final = has_n & (tag_max >= n_ts + lateness)
+        bad[:] = False
+        bad[owner[~(final | (wm >= rows.last_ts + gap))]] = True
+        closable = (starts + w <= through) & ~bad
+        k = n if closable.all() else int(np.argmin(closable))
+        if not k:
+            return []
+        r = int(np.searchsorted(owner, k))
+        self._fast = fr.after(k)
+        # Heads: the point before, in the window before (the first window's from the state).
+        guess = np.arange(r) - np.concatenate(([0], size[:-1]))[owner[:r]]
+        pos = _find(key[:r], key[:r] - span, guess)
+        precedes = np.concatenate(([False], starts[1:] == starts[:-1] + w))
+        has_p = (key[pos] == key[:r] - span) & precedes[owner[:r]]
+        p_ts, p_val = rows.last_ts[pos], rows.last[pos]
+        first_rows = int(np.searchsorted(owner, 1))
+        edge = self._neighbour(int(starts[0]) - w, after=False)
+        if edge is not None and first_rows:
+            has_e, e_ts, e_val = _match(rows.gid[:first_rows], edge)
+            has_p[:first_rows] = has_e
+            p_ts[:first_rows] = np.where(has_e, e_ts, p_ts[:first_rows])
+            p_val[:first_rows] = np.where(has_e, e_val, p_val[:first_rows])
+        cut = Summary(*(getattr(rows, f)[:r] for f in Summary.__slots__))
+        head, head_ms, tail, tail_ms = _heads_and_tails(
+            (cut.first_ts, cut.first, cut.last_ts, cut.last),
+            row_start[:r],
+            w,
+            (has_p, p_ts, p_val),
+            (has_n[:r], n_ts[:r], n_val[:r]),
+            gap,
+        )
+        edged = Summary(
+            **{f: getattr(cut, f) for f in Summary.__slots__[:12]},
+            head=head,
+            head_ms=head_ms,
+            tail=tail,
+            tail_ms=tail_ms,
+        )
+        bounds = np.searchsorted(owner, np.arange(k + 1))
+        for i in np.flatnonzero(~done[:k]).tolist():  # kept: a tag may still reopen them
+            start = int(starts[i])
+            live = self._tag_max < start + w + lateness
+            a, b = int(fr.bounds[i]), int(fr.bounds[i + 1])
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            if live[fr.gid[a:b]].any():
+                win = _Win(max_gap=gap)
+                win.add(fr.slc[a:b], fr.gid[a:b], fr.ts[a:b], fr.value[a:b])
+            else:  # what release() leaves when no raw point stays: the rows as one summary
+                whole = Summary(*(getattr(rows, f)[lo:hi] for f in Summary.__slots__))
+                one = _Slice(base=whole, cached=whole, max_gap=gap)
+                win = _Win({int(fr.slc[a:b].min()): one}, max_gap=gap, held=np.flatnonzero(live))
+            if precedes[i]:
+                p_lo = int(np.searchsorted(owner, i - 1))
+                win.prev = (rows.gid[p_lo:lo], rows.last_ts[p_lo:lo], rows.last[p_lo:lo])
+            elif i == 0:
+                win.prev = edge
+            win.nxt = (_EMPTY_GID, _EMPTY_TS, _EMPTY_VAL)
+            if follows[i]:
+                n_hi = int(np.searchsorted(owner, i + 2))
+                win.nxt = (rows.gid[hi:n_hi], rows.first_ts[hi:n_hi], rows.first[hi:n_hi])
+            win.revision = 0
+            if win.pending:
+                win.release(live)
+            self._closed[start] = win
+        last = int(bounds[k - 1])
+        self._last_closed = (
+            int(starts[k - 1]),
+            (edged.gid[last:], edged.last_ts[last:], edged.last[last:]),
+        )
+        self._closed_through = through if k == n else min(through, int(starts[k]))
+        out = [self._block(edged, row_start[:r], w)]
+        return out + self._fresh_rollups(edged, owner[:r], starts[:k])
+
+    def _block(self, rows: Summary, row_start: I64, window_ms: int) -> WindowAggregates:
+        """Return one block of windows of one size closed now (rows by window, then tag)."""
+        mean, std, twa, integral = _final_columns(rows)
+        tags = self._reg.tags
+        return WindowAggregates(
+            window_ms=window_ms,
+            start_ms=int(row_start[0]),
+            tags=_tags_of(tags, rows.gid),
+            count=rows.count,
+            min=rows.min,
+            max=rows.max,
+            mean=mean,
+            std=std,
+            sum=rows.sum,
+            first=rows.first,
+            last=rows.last,
+            first_ts=rows.first_ts,
+            last_ts=rows.last_ts,
+            twa=twa,
+            integral=integral,
+            zone=self.zone,
+            final_before_ms=self._final_stamp("watermark"),
+            starts=row_start,
+        )
+
+    def _fresh_rollups(self, rows: Summary, owner: I64, starts: I64) -> list[WindowAggregates]:
+        """Put bulk-closed base windows into their rollups; emit those now complete.
+
+        A rollup made of these windows alone and complete is combined and emitted from the
+        arrays, and kept (as parts per window) only if a tag could still reopen it. The others
+        get one part per window, as :meth:`_close_held` gives them.
+        """
+        bounds = np.searchsorted(owner, np.arange(len(starts) + 1))
+
+        def put(key: tuple[int, int], windows: list[int], ru: _Rollup | None = None) -> None:
+            ru = ru or self._rollups.setdefault(key, _Rollup())
+            for i in windows:
+                a, b = int(bounds[i]), int(bounds[i + 1])
+                ru.put(int(starts[i]), Summary(*(getattr(rows, f)[a:b] for f in Summary.__slots__)))
+
+        assert self._closed_through is not None
+        assert self._max_event_ms is not None
+        ct = self._closed_through
+        out: list[WindowAggregates] = []
+        for r in self.rollup_ms:
+            rs = self._rollup_starts(r, starts)  # per window
+            first = np.flatnonzero(np.concatenate((LEADING_TRUE, rs[1:] != rs[:-1])))
+            keys = rs[first]  # the rollups, in time order
+            of_win = np.cumsum(np.concatenate((LEADING_TRUE, rs[1:] != rs[:-1]))) - 1
+            if self._tz is None or r % _DAY_MS:
+                ends = keys + r
+            else:
+                ends = np.asarray([self._rollup_end((r, k)) for k in keys.tolist()], np.int64)
+            held = {k for rr, k in self._rollups if rr == r}
+            bulk = (ends <= ct) & ~np.isin(keys, np.fromiter(held, np.int64, len(held)))
+            for j in np.flatnonzero(~bulk).tolist():  # a handful: at the ends of the run
+                put((r, int(keys[j])), np.flatnonzero(of_win == j).tolist())
+            if not bulk.any():
+                continue
+            row_rollup = of_win[owner]
+            nums = np.cumsum(bulk) - 1  # rollup -> its number among the bulk ones
+            if bulk.all():
+                full, r_owner = _combine_full(rows, owner, row_rollup, self.max_gap_ms)
+            else:
+                idx = np.flatnonzero(bulk[row_rollup])
+                sel: Any = idx
+                if idx[-1] - idx[0] + 1 == len(idx):  # one run of rows: views, not copies
+                    sel = slice(int(idx[0]), int(idx[-1]) + 1)
+                cat = Summary(*(getattr(rows, f)[sel] for f in Summary.__slots__))
+                full, r_owner = _combine_full(
+                    cat, owner[sel], nums[row_rollup[sel]], self.max_gap_ms
+                )
+            b_keys, b_ends = keys[bulk], ends[bulk]
+            # Kept while a tag could still send it a point (see _advance's forgetting).
+            row_end = b_ends[r_owner]
+            lag = self.max_gap_ms + self.allowed_lateness_ms
+            open_rows = self._tag_max[full.gid] < row_end + lag
+            keep = b_ends + lag + self.max_source_lag_ms > self._max_event_ms
+            keep[r_owner[open_rows]] = True
+            for j in np.flatnonzero(keep).tolist():
+                put(
+                    (r, int(b_keys[j])),
+                    np.flatnonzero(of_win == np.flatnonzero(bulk)[j]).tolist(),
+                    self._rollups.setdefault((r, int(b_keys[j])), _Rollup(revision=0)),
+                )
+            if bool((b_ends == b_keys + r).all()):
+                out.append(self._block(full, b_keys[r_owner], r))
+            else:  # local days of 23 or 25 hours: one window each, with its end
+                out += self._emit_many(
+                    _split(full, r_owner, len(b_keys)),
+                    r,
+                    b_keys.tolist(),
+                    "watermark",
+                    [0] * len(b_keys),
+                )
+        return self._emit_ready("watermark") + out
+
+    def _rollup_starts(self, rollup_ms: int, starts: I64) -> I64:
+        """:meth:`_rollup_start` of each base window start in ``starts`` (rising)."""
+        if self._tz is None or rollup_ms % _DAY_MS:
+            return starts - starts % rollup_ms
+        lo = ms_to_datetime(int(starts[0])).astimezone(self._tz).date().toordinal() - 1
+        hi = ms_to_datetime(int(starts[-1])).astimezone(self._tz).date().toordinal() + 1
+        days = rollup_ms // _DAY_MS
+        first = [o - (o - _EPOCH_ORDINAL) % days for o in range(lo, hi + 1)]
+        midnights = np.asarray([self._midnight(o) for o in range(lo, hi + 1)], np.int64)
+        of_day = np.asarray([self._midnight(o) for o in first], np.int64)
+        return of_day[np.searchsorted(midnights, starts, side="right") - 1]
 
     def open_windows(self) -> list[int]:
         """Return the start times of open base windows (for status output)."""

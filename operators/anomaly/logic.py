@@ -223,10 +223,13 @@ class AnomalyRule:
         return None
 
 
-def _sparse(values: npt.NDArray[np.float64], fn: np.ufunc) -> list[npt.NDArray[np.float64]]:
+def _sparse(
+    values: npt.NDArray[np.float64], fn: np.ufunc, longest: int
+) -> list[npt.NDArray[np.float64]]:
+    """Sparse table of ``fn`` over ``values`` for ranges of up to ``longest`` values."""
     table = [values]
     span = 1
-    while span * 2 <= len(values):
+    while span * 2 <= min(len(values), longest):
         prev = table[-1]
         table.append(fn(prev[:-span], prev[span:]))
         span *= 2
@@ -542,7 +545,9 @@ class AnomalyDetector(PickleCopy):
             cond, score, baseline = _hampel(rule, hist, _Fresh(g, ts, val, starts, ends))
         elif rule.kind in ("drop", "spike"):
             fn = np.maximum if rule.kind == "drop" else np.minimum
-            part = _range_query(_sparse(val, fn), lo_new, np.arange(len(val)), fn)
+            upto = np.arange(len(val))
+            longest = int((upto - lo_new).max()) + 1 if len(val) else 1
+            part = _range_query(_sparse(val, fn, longest), lo_new, upto, fn)
             # History is a staircase: its first point inside the window is the extremum.
             h_val = (
                 hist.value[np.minimum(h_lo, max(len(hist.value) - 1, 0))]
@@ -715,10 +720,14 @@ class AnomalyDetector(PickleCopy):
         # rate looks back to t - lookback inclusive; the others to just after it.
         reach = rule.lookback_ms + (1 if rule.kind == "rate" else 0)
         keep = ts > newest[seg] - reach
+        all_key, all_val, g = all_key[keep], all_val[keep], g[keep]
+        if all_p is not None:
+            all_p = all_p[keep]
         if rule.kind in ("drop", "spike") and len(all_val):
             # Staircase: keep a point only if it beats every later point of its tag; that is
             # all a window maximum (minimum) ending at a later time can use. Ranks make the
-            # per-tag running extremum exact in integers.
+            # per-tag running extremum exact in integers. (Only points within the lookback,
+            # each tag's newest ones, are left: every later point of a tag is among them.)
             _, rank = np.unique(all_val if rule.kind == "drop" else -all_val, return_inverse=True)
             rank = rank.astype(np.int64)
             rev_rank, rev_brk = rank[::-1], np.r_[True, g[::-1][1:] != g[::-1][:-1]]
@@ -726,10 +735,13 @@ class AnomalyDetector(PickleCopy):
             run = np.maximum.accumulate(rev_rank + off) - off
             later = np.r_[-1, run[:-1]]
             later[rev_brk] = -1
-            keep &= (rev_rank > later)[::-1]
-        hist.key, hist.value = all_key[keep], all_val[keep]
+            stairs = (rev_rank > later)[::-1]
+            all_key, all_val = all_key[stairs], all_val[stairs]
+            if all_p is not None:
+                all_p = all_p[stairs]
+        hist.key, hist.value = all_key, all_val
         if all_p is not None:
-            hist.prefix = all_p[keep]
+            hist.prefix = all_p
 
     def _transitions(
         self,

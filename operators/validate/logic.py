@@ -222,6 +222,7 @@ class Validator(PickleCopy):
             ),
         )
         gid = table.gid[batch.tag_idx]
+        order: npt.NDArray[np.intp] | None = None
         if r.dedupe:
             order = np.lexsort((batch.ts_ms, gid))
             g_s, t_s, ok_s = gid[order], batch.ts_ms[order], ~bad[order]
@@ -248,14 +249,25 @@ class Validator(PickleCopy):
             if r.stale_after_ms is not None:
                 quality, newly_stale, cleared = self._stale_check(ok, ok_gid, value, table.stale)
             else:
-                self._remember(ok_gid, ok.ts_ms, value)
+                ok_order = None
+                if order is not None:  # the accepted points' own (tag, time) order
+                    ok_order = order[keep[order]]
+                    if len(ok) < n:
+                        ok_order = (np.cumsum(keep) - 1)[ok_order]
+                self._remember(ok_gid, ok.ts_ms, value, ok_order)
             ok = ok.with_values(value, tags=table.out_tags, quality=quality)
         return ValidationResult(ok, rejected, newly_stale, cleared)
 
     def _remember(
-        self, gid: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], value: npt.NDArray[np.float64]
+        self,
+        gid: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+        order: npt.NDArray[np.intp] | None = None,
     ) -> None:
-        order = np.lexsort((ts, gid))
+        """Keep each tag's newest point (``order``: the stable (tag, time) order, if known)."""
+        if order is None:
+            order = np.lexsort((ts, gid))
         g, t, v = gid[order], ts[order], value[order]
         last = np.r_[g[1:] != g[:-1], True]
         newer = t[last] >= self._last_ts[g[last]]

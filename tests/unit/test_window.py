@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -541,3 +543,123 @@ def test_a_new_tag_in_a_window_every_other_tag_has_passed_keeps_their_rows():
             k: v for k, v in row.items() if k not in skip
         }
     assert (after[n.path]["count"], after[n.path]["sum"]) == (2, 20.0)
+
+
+def _history(seed: int) -> tuple[list[PointBatch], dict[str, object]]:
+    """A recorded history as a replay delivers it: batches spanning many windows, some
+    points delayed (many past the lateness, none past ``max_source_lag_ms``, the bound of
+    the batching contract), tags with gaps, one or two sources."""
+    rng = np.random.default_rng(seed)
+    tags = tuple(TagRef(f"e/s/a/l/m/t{i}", "kW" if i % 2 else "C") for i in range(1 + seed % 5))
+    step = int(rng.choice([7_000, 15_000, 60_000]))
+    t, g, v = [], [], []
+    clock = 1_767_225_600_000 + int(rng.integers(0, 86_400_000))
+    for _ in range(int(rng.integers(400, 1500))):
+        clock += step
+        if rng.random() < 0.004:
+            clock += int(rng.integers(1, 40)) * 60_000  # the recorder was down
+        for i in range(len(tags)):
+            if rng.random() < 0.9:
+                t.append(clock + int(rng.integers(0, step // 2)))
+                g.append(i)
+                v.append(float(rng.normal(10, 3)))
+    ts, gid, value = np.array(t, np.int64), np.array(g, np.int32), np.array(v)
+    delay = np.where(rng.random(len(ts)) < 0.03, rng.integers(1, 290_000, len(ts)), 0)
+    order = np.argsort(ts + delay, kind="stable")
+    ts, gid, value = ts[order], gid[order], value[order]
+    two = seed % 2 == 0
+    cuts = np.unique(np.r_[0, rng.integers(0, len(ts), 30), len(ts)]).tolist()
+    out = []
+    for a, b in itertools.pairwise(cuts):
+        whole = PointBatch(tags, gid[a:b], ts[a:b], value[a:b], np.zeros(b - a, np.uint8))
+        for name in ("a", "b") if two else ("",):
+            part = whole.select(gid[a:b] % 2 == (name == "b")) if two else whole
+            if len(part):
+                out.append(part.with_meta(source=name, received_ms=0) if two else part)
+    window_ms = int(rng.choice([60_000, 300_000]))
+    params = {
+        "window_ms": window_ms,
+        "rollup_ms": (3 * window_ms, 86_400_000),
+        "allowed_lateness_ms": int(rng.choice([0, 5_000, 60_000])),
+        "idle_close": False,
+        "zone": ["UTC", "Europe/Berlin"][seed % 2],
+        "max_source_lag_ms": int(rng.choice([300_000, 600_000])),
+    }
+    return out, params
+
+
+def _one_by_one(batches: list[PointBatch]) -> list[PointBatch]:
+    """The same arrivals, one point at a time (no batch spans two windows)."""
+    return [b.select(np.arange(len(b)) == i) for b in batches for i in range(len(b))]
+
+
+def _final(windows, lates):
+    final = {}
+    for r in (r for w in windows for r in w.rows()):
+        k = (r["path"], r["window_ms"], r["start_ms"])
+        if k not in final or r["revision"] >= final[k]["revision"]:
+            final[k] = r
+    rows = sorted(
+        str(sorted({**r, "revision": None, "closed_by": None}.items())) for r in final.values()
+    )
+    late = sorted((int(x), int(y)) for b in lates for x, y in zip(b.ts_ms, b.tag_idx, strict=True))
+    return rows, late
+
+
+def _replay(batches, params, *, blocks):
+    agg = TumblingAggregator(**params, blocks=blocks)
+    out, lates = [], []
+    for b in batches:
+        w, late = agg.add(b, 0)
+        out += w
+        lates.append(late)
+    return out + agg.flush(), lates
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_replay_closing_windows_in_bulk_equals_one_point_at_a_time(seed):
+    """Batches spanning thousands of windows close them together, from arrays; the rows
+    (bit for bit), the rollups and the late points must be those of the same arrivals one
+    point at a time, where every window is closed on its own."""
+    batches, params = _history(seed)
+    bulk, bulk_late = _replay(batches, params, blocks=True)
+    assert any(w.starts is not None and len(set(w.starts.tolist())) > 2 for w in bulk)
+    single, single_late = _replay(_one_by_one(batches), params, blocks=False)
+    assert all(w.starts is None for w in single)
+    assert _final(bulk, bulk_late) == _final(single, single_late)
+
+
+def test_a_block_reads_as_its_windows():
+    batches, params = _history(1)
+    blocks, _ = _replay(batches, params, blocks=True)
+    split, _ = _replay(batches, params, blocks=False)
+    one_by_one = [one for w in blocks for one in w.windows()]
+    assert [r for w in blocks for r in w.rows()] == [r for w in split for r in w.rows()]
+    assert [(w.window_ms, w.start_ms, len(w)) for w in one_by_one] == [
+        (w.window_ms, w.start_ms, len(w)) for w in split
+    ]
+
+
+def test_negative_zero_samples_integrate_to_zero_in_every_path():
+    """-0.0 samples: the integral is +0.0 whether the window is summarised alone or combined."""
+    pts = [(P, 60_000 * k + 1_000 * i, -0.0) for k in range(6) for i in range(3)]
+    for size in (1, len(pts)):
+        agg = TumblingAggregator(window_ms=60_000, rollup_ms=(180_000,), idle_close=False)
+        out = _all_rows(agg, pts, size)
+        assert all(dict(r[4])["twa"] == 0.0 for r in out)
+        assert all(str(dict(r[4])["energy"]) == "0.0" for r in out)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_stable_order_is_lexsort(seed):
+    from operators._state import reorder, stable_order
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    keys = [rng.integers(0, int(rng.choice([2, 60, 70_000])), n) for _ in range(1 + seed % 3)]
+    if seed % 2:
+        keys[-1] = np.sort(keys[-1])
+    want = np.lexsort(keys[::-1])
+    assert stable_order(*keys).tolist() == want.tolist()
+    got = reorder(*keys)
+    assert (want.tolist() == list(range(n))) if got is None else got.tolist() == want.tolist()
