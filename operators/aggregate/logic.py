@@ -1169,7 +1169,7 @@ class TumblingAggregator(PickleCopy):
         return out, late_batch
 
     def _fresh_from(self, wins: I64) -> tuple[int, list[int]]:
-        """Where a batch's windows (starts ``wins``, rising) begin to be closed in bulk.
+        """Return where a batch's windows (starts ``wins``, rising) begin to close in bulk.
 
         Returns the index of the first such window of the batch and the open windows to take
         back in with it. Bulk windows come after every window held, or are open windows that
@@ -1185,7 +1185,8 @@ class TumblingAggregator(PickleCopy):
         held = [*self._closed] if takeback else [*self._open, *self._closed]
         floor = max(held) + w if held else None
         if self._closed_through is not None:
-            floor = max(floor or self._closed_through, self._closed_through)
+            ct = self._closed_through
+            floor = ct if floor is None else max(floor, ct)
         reopened = sorted(k for k in self._open if floor is None or k >= floor) if takeback else []
         i = 0 if floor is None else int(np.searchsorted(wins, floor))
         if len({*reopened, *wins[i:].tolist()}) < 3:
