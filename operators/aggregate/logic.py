@@ -112,6 +112,15 @@ class Summary:
     def __len__(self) -> int:
         return len(self.gid)
 
+    def take(self, rows: Any) -> Summary:
+        """Return the rows ``rows`` selects (a slice, indices or a mask)."""
+        return Summary(*(getattr(self, f)[rows] for f in Summary.__slots__))
+
+    @staticmethod
+    def concat(parts: list[Summary]) -> Summary:
+        """Return the rows of ``parts``, one after the other."""
+        return Summary(*(np.concatenate([getattr(p, f) for p in parts]) for f in Summary.__slots__))
+
 
 def _segments(keys: npt.NDArray[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Return start and end indices of runs of equal values in sorted ``keys``."""
@@ -282,7 +291,7 @@ def combine_many(groups: list[list[Summary]], max_gap: int | None = None) -> lis
     sizes = [len(p) for p in flat]
     seq = np.repeat(np.arange(len(flat), dtype=np.int64), sizes)
     owner = np.repeat(owner_of_part, sizes)
-    cat = Summary(*(np.concatenate([getattr(p, f) for p in flat]) for f in Summary.__slots__))
+    cat = Summary.concat(flat)
     return _combine_rows(cat, seq, owner, len(groups), max_gap)
 
 
@@ -443,7 +452,7 @@ def finalize_many(
     batch.
     """
     sizes = [len(x) for x in summaries]
-    cat = Summary(*(np.concatenate([getattr(x, f) for x in summaries]) for f in Summary.__slots__))
+    cat = Summary.concat(summaries)
     mean, std, twa, integral = _final_columns(cat)
     refs = [tags[i] for i in cat.gid.tolist()]
     out = []
@@ -1641,7 +1650,7 @@ class TumblingAggregator(PickleCopy):
             has_p[:first_rows] = has_e
             p_ts[:first_rows] = np.where(has_e, e_ts, p_ts[:first_rows])
             p_val[:first_rows] = np.where(has_e, e_val, p_val[:first_rows])
-        cut = Summary(*(getattr(rows, f)[:r] for f in Summary.__slots__))
+        cut = rows.take(slice(0, r))
         head, head_ms, tail, tail_ms = _heads_and_tails(
             (cut.first_ts, cut.first, cut.last_ts, cut.last),
             row_start[:r],
@@ -1667,7 +1676,7 @@ class TumblingAggregator(PickleCopy):
                 win = _Win(max_gap=gap)
                 win.add(fr.slc[a:b], fr.gid[a:b], fr.ts[a:b], fr.value[a:b])
             else:  # what release() leaves when no raw point stays: the rows as one summary
-                whole = Summary(*(getattr(rows, f)[lo:hi] for f in Summary.__slots__))
+                whole = rows.take(slice(lo, hi))
                 one = _Slice(base=whole, cached=whole, max_gap=gap)
                 win = _Win({int(fr.slc[a:b].min()): one}, max_gap=gap, held=np.flatnonzero(live))
             if precedes[i]:
@@ -1730,7 +1739,7 @@ class TumblingAggregator(PickleCopy):
             ru = ru or self._rollups.setdefault(key, _Rollup())
             for i in windows:
                 a, b = int(bounds[i]), int(bounds[i + 1])
-                ru.put(int(starts[i]), Summary(*(getattr(rows, f)[a:b] for f in Summary.__slots__)))
+                ru.put(int(starts[i]), rows.take(slice(a, b)))
 
         assert self._closed_through is not None
         assert self._max_event_ms is not None
@@ -1760,7 +1769,7 @@ class TumblingAggregator(PickleCopy):
                 sel: Any = idx
                 if idx[-1] - idx[0] + 1 == len(idx):  # one run of rows: views, not copies
                     sel = slice(int(idx[0]), int(idx[-1]) + 1)
-                cat = Summary(*(getattr(rows, f)[sel] for f in Summary.__slots__))
+                cat = rows.take(sel)
                 full, r_owner = _combine_full(
                     cat, owner[sel], nums[row_rollup[sel]], self.max_gap_ms
                 )
